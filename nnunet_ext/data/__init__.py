@@ -1,0 +1,1 @@
+"""Datasets nnunet_ext generates itself (the synthetic toy dataset for tests and the demo)."""

@@ -1,0 +1,1 @@
+"""Pure ``nn.Module`` architectures (no nnU-Net imports); one architecture per module."""

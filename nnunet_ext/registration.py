@@ -1,0 +1,50 @@
+"""Registry of the trainers nnunet_ext ships, by name.
+
+Trainer class names are API: nnU-Net stores ``trainer_name`` in every checkpoint and names result folders
+``{trainer}__{plans}__{configuration}``, so a name, once released, is never renamed or removed.
+
+This module is read by ``setup.py`` (to declare the ``nnunetv2.trainers`` entry points) and by the startup
+hook, so it must import nothing beyond the standard library.
+"""
+
+from __future__ import annotations
+
+import importlib
+from importlib.metadata import entry_points
+
+ENTRY_POINT_GROUP = "nnunetv2.trainers"
+
+#: trainer name -> "module:attribute"
+TRAINERS: dict[str, str] = {
+    "nnUNetTrainerCMUNeXt": "nnunet_ext.trainers.cmunext:nnUNetTrainerCMUNeXt",
+    "nnUNetTrainerCMUNeXt_S": "nnunet_ext.trainers.cmunext:nnUNetTrainerCMUNeXt_S",
+    "nnUNetTrainerCMUNeXt_L": "nnunet_ext.trainers.cmunext:nnUNetTrainerCMUNeXt_L",
+}
+
+
+def entry_point_specs() -> list[str]:
+    """The ``name = module:attribute`` lines for ``setup(entry_points={ENTRY_POINT_GROUP: ...})``."""
+    return [f"{name} = {target}" for name, target in TRAINERS.items()]
+
+
+def registered_trainer_names() -> list[str]:
+    """Names of nnunet_ext's own trainers followed by those other installed plugins register."""
+    others = [ep.name for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name not in TRAINERS]
+    return list(TRAINERS) + sorted(set(others))
+
+
+def find_registered_trainer(trainer_name: str) -> type | None:
+    """Import and return the trainer class registered under ``trainer_name``, or None if none is.
+
+    nnunet_ext's own table is consulted first (so a development checkout resolves new trainers before its
+    installed metadata is refreshed), then the ``nnunetv2.trainers`` entry points of every installed
+    distribution.
+    """
+    target = TRAINERS.get(trainer_name)
+    if target is not None:
+        module_name, _, attribute = target.partition(":")
+        return getattr(importlib.import_module(module_name), attribute)
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name == trainer_name:
+            return ep.load()
+    return None

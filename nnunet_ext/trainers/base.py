@@ -1,0 +1,48 @@
+"""Base class of nnunet_ext's trainers."""
+
+from __future__ import annotations
+
+import torch
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from torch import nn
+from torch._dynamo import OptimizedModule
+
+from nnunet_ext.trainers.schedule import schedule_overrides
+
+
+class nnUNetTrainerExtBase(nnUNetTrainer):
+    """nnU-Net's trainer with two additions every nnunet_ext trainer shares.
+
+    - Deep-supervision scales come from the network (``network.deep_supervision_scales``, the network contract
+      of :mod:`nnunet_ext.networks.common`), so targets match outputs for architectures whose decoder levels
+      differ from nnU-Net's plans.
+    - The schedule may be shortened through the environment (:mod:`nnunet_ext.trainers.schedule`).
+
+    The ``__init__`` signature is nnU-Net's, unchanged: checkpoints store it as ``init_args``.
+    """
+
+    def __init__(
+        self,
+        plans: dict,
+        configuration: str,
+        fold: int,
+        dataset_json: dict,
+        device: torch.device = torch.device("cuda"),
+    ):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        overrides = schedule_overrides()
+        for attribute, value in overrides.items():
+            setattr(self, attribute, value)
+        if overrides:
+            self.print_to_log_file(f"Schedule shortened from the environment: {overrides}")
+
+    @property
+    def unwrapped_network(self) -> nn.Module:
+        """``self.network`` without its DDP and torch.compile wrappers."""
+        module = self.network.module if self.is_ddp else self.network
+        return module._orig_mod if isinstance(module, OptimizedModule) else module
+
+    def _get_deep_supervision_scales(self) -> list[list[float]] | None:
+        if not self.enable_deep_supervision:
+            return None
+        return self.unwrapped_network.deep_supervision_scales

@@ -1,0 +1,98 @@
+"""Shared fixtures: an isolated nnU-Net environment and preprocessed synthetic datasets (built once per session).
+
+Tests run on 2 CPU cores: nnU-Net's worker pools are capped at 2 (``nnUNet_def_n_proc``, ``nnUNet_n_proc_DA``)
+and prediction runs sequentially (``-npp 0 -nps 0``).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from nnunet_ext.data.synthetic import SyntheticDatasetSpec, generate_synthetic_dataset
+
+SHORT_SCHEDULE = {
+    "nnUNet_ext_num_epochs": "2",
+    "nnUNet_ext_num_iterations_per_epoch": "4",
+    "nnUNet_ext_num_val_iterations_per_epoch": "2",
+}
+
+
+@dataclass
+class NNUNetEnvironment:
+    """Folders of an isolated nnU-Net installation and the environment that points at them."""
+
+    root: Path
+    env: dict[str, str]
+
+    @property
+    def raw(self) -> Path:
+        return Path(self.env["nnUNet_raw"])
+
+    @property
+    def preprocessed(self) -> Path:
+        return Path(self.env["nnUNet_preprocessed"])
+
+    @property
+    def results(self) -> Path:
+        return Path(self.env["nnUNet_results"])
+
+    def run(self, *command: str, extra_env: dict[str, str] | None = None, timeout: float = 900) -> str:
+        """Run a console script (found beside this interpreter) and return its output; fail the test on error."""
+        executable = shutil.which(command[0], path=os.path.dirname(sys.executable)) or command[0]
+        env = {**self.env, **(extra_env or {})}
+        result = subprocess.run([executable, *command[1:]], env=env, capture_output=True, text=True, timeout=timeout)
+        if result.returncode != 0:
+            output = f"{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+            pytest.fail(f"{' '.join(command)} failed ({result.returncode}):\n{output}")
+        return result.stdout + result.stderr
+
+
+@pytest.fixture(scope="session")
+def nnunet_environment(tmp_path_factory) -> NNUNetEnvironment:
+    root = tmp_path_factory.mktemp("nnunet")
+    env = dict(os.environ)
+    for name in ("raw", "preprocessed", "results"):
+        (root / name).mkdir()
+        env[f"nnUNet_{name}"] = str(root / name)
+    env.update({"nnUNet_def_n_proc": "2", "nnUNet_n_proc_DA": "2", "nnUNet_compile": "f"})
+    return NNUNetEnvironment(root, env)
+
+
+def _prepared(environment: NNUNetEnvironment, spec: SyntheticDatasetSpec, configuration: str) -> SyntheticDatasetSpec:
+    generate_synthetic_dataset(spec, environment.raw)
+    environment.run(
+        "nnUNetv2_plan_and_preprocess",
+        "-d",
+        str(spec.dataset_id),
+        "-c",
+        configuration,
+        "-np",
+        "2",
+        "-npfp",
+        "2",
+        "--verify_dataset_integrity",
+    )
+    return spec
+
+
+@pytest.fixture(scope="session")
+def synthetic_2d(nnunet_environment) -> SyntheticDatasetSpec:
+    """Dataset 990: 2D PNG, 16 training + 3 test cases of 96x96, 3 foreground classes; planned, preprocessed 2d."""
+    spec = SyntheticDatasetSpec(dataset_id=990, shape=(96, 96), num_training=16, num_test=3)
+    return _prepared(nnunet_environment, spec, "2d")
+
+
+@pytest.fixture(scope="session")
+def synthetic_3d(nnunet_environment) -> SyntheticDatasetSpec:
+    """Dataset 991: 3D NIfTI, anisotropic (spacing 3 x 1 x 1 mm), 10 + 2 cases of 16x48x48; preprocessed 3d_fullres."""
+    spec = SyntheticDatasetSpec(
+        dataset_id=991, shape=(16, 48, 48), spacing=(3.0, 1.0, 1.0), num_training=10, num_test=2
+    )
+    return _prepared(nnunet_environment, spec, "3d_fullres")
