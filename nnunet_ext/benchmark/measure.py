@@ -1,0 +1,188 @@
+"""Measurements of one trainer's network: size, FLOPs, forward latency, train-step time, peak memory.
+
+Every trainer is measured the same way:
+
+- ``params``: all parameters the trainer builds (deep-supervision heads included, as nnU-Net builds them);
+  ``params_forward``: parameters of the modules an inference forward (deep supervision off) calls.
+- ``gflops``: one inference forward of one patch (batch 1), counted by ``torch.utils.flop_counter.FlopCounterMode``
+  (2 FLOPs per multiply-add; the counter of ``reference/architectures.md``'s parity table).
+- ``forward_ms``: median wall time of an inference forward of a batch (eval mode, no grad).
+- ``train_step_ms``: median wall time of nnU-Net's train step on a batch: forward with deep supervision, nnU-Net's
+  Dice + CE loss with its deep-supervision weights, backward, gradient clipping at 12, SGD step.
+- ``peak_memory_mb``: peak memory of the train steps above what the process held before the network was built
+  (CPU: resident set size; CUDA: ``torch.cuda.max_memory_allocated``): parameters, gradients, optimizer state and
+  activations.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
+from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
+from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from nnunet_ext.benchmark.presets import BenchmarkSetting
+
+
+@dataclass
+class Measurement:
+    trainer: str
+    network: str = ""
+    params: int = 0
+    params_forward: int = 0
+    gflops: float = float("nan")
+    forward_ms: float = float("nan")
+    train_step_ms: float = float("nan")
+    peak_memory_mb: float = float("nan")
+    error: str | None = None
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def forward_parameter_count(network: nn.Module, x: torch.Tensor) -> int:
+    """Parameters owned by the modules that ``network(x)`` calls (each parameter counted once)."""
+    used: dict[int, int] = {}
+
+    def record(module: nn.Module, args, output) -> None:
+        for parameter in module.parameters(recurse=False):
+            used[id(parameter)] = parameter.numel()
+
+    handles = [module.register_forward_hook(record) for module in network.modules()]
+    try:
+        with torch.no_grad():
+            network(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return sum(used.values())
+
+
+def count_flops(network: nn.Module, x: torch.Tensor) -> int:
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        network(x)
+    return counter.get_total_flops()
+
+
+def median_milliseconds(step: Callable[[], object], device: torch.device, warmup: int, repeats: int) -> float:
+    """Median wall time of ``step()`` over ``repeats`` runs after ``warmup`` runs."""
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(1000 * (time.perf_counter() - start))
+    return statistics.median(times)
+
+
+def deep_supervision_scales(network: nn.Module, setting: BenchmarkSetting) -> list[list[float]]:
+    """The network's own scales (nnunet_ext contract), else nnU-Net's from the plans' strides."""
+    if hasattr(network, "deep_supervision_scales"):
+        return network.deep_supervision_scales
+    strides = np.vstack(setting.configuration_manager.pool_op_kernel_sizes)
+    return [list(row) for row in 1 / np.cumprod(strides, axis=0)][:-1]
+
+
+def nnunet_loss(scales: list[list[float]]) -> nn.Module:
+    """nnU-Net's default loss for label (non-region) training with deep supervision over ``scales``."""
+    loss = DC_and_CE_loss(
+        {"batch_dice": True, "smooth": 1e-5, "do_bg": False, "ddp": False},
+        {},
+        weight_ce=1,
+        weight_dice=1,
+        dice_class=MemoryEfficientSoftDiceLoss,
+    )
+    weights = np.array([1 / 2**i for i in range(len(scales))])
+    weights[-1] = 0
+    return DeepSupervisionWrapper(loss, weights / weights.sum())
+
+
+def _resident_bytes() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def measure_trainer(
+    trainer_name: str, setting: BenchmarkSetting, device_name: str, warmup: int, repeats: int, threads: int
+) -> dict:
+    """Measure ``trainer_name``'s network on ``setting``; meant to run in a fresh process per trainer."""
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+
+    import nnunet_ext  # noqa: F401  (installs the trainer lookup when the startup hook is absent)
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    device = torch.device(device_name)
+    measurement = Measurement(trainer_name)
+    try:
+        trainer_class = recursive_find_trainer_class_by_name(trainer_name)
+        memory_before = torch.cuda.memory_allocated(device) if device.type == "cuda" else _resident_bytes()
+        network = trainer_class.build_network_architecture(
+            setting.plans_manager,
+            setting.configuration_manager,
+            setting.input_channels,
+            setting.num_classes,
+            True,
+        ).to(device)
+    except Exception as error:
+        measurement.error = f"{type(error).__name__}: {error}"
+        return measurement.as_dict()
+    measurement.network = type(network).__name__
+    measurement.params = sum(p.numel() for p in network.parameters())
+
+    patch = setting.patch_size
+    batch = torch.randn(setting.batch_size, setting.input_channels, *patch, device=device)
+    scales = deep_supervision_scales(network, setting)
+    targets = [
+        torch.randint(
+            0,
+            setting.num_classes,
+            (setting.batch_size, 1, *[round(p * s) for p, s in zip(patch, scale)]),
+            device=device,
+        )
+        for scale in scales
+    ]
+    loss_fn = nnunet_loss(scales)
+    optimizer = torch.optim.SGD(network.parameters(), lr=1e-2, momentum=0.99, nesterov=True, weight_decay=3e-5)
+
+    def train_step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn(network(batch), targets)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(network.parameters(), 12)
+        optimizer.step()
+
+    network.train()
+    network.decoder.deep_supervision = True
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    measurement.train_step_ms = median_milliseconds(train_step, device, warmup, repeats)
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device) - memory_before
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - memory_before
+    measurement.peak_memory_mb = peak / 2**20
+
+    network.eval()
+    network.decoder.deep_supervision = False
+    with torch.no_grad():
+        measurement.forward_ms = median_milliseconds(lambda: network(batch), device, warmup, repeats)
+    single = batch[:1]
+    measurement.params_forward = forward_parameter_count(network, single)
+    measurement.gflops = count_flops(network, single) / 1e9
+    return measurement.as_dict()

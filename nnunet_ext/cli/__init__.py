@@ -1,0 +1,1 @@
+"""Console scripts (``nnUNetv2_ext_<verb>``)."""

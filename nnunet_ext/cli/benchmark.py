@@ -1,0 +1,146 @@
+"""``nnUNetv2_ext_benchmark``: params, FLOPs, latency, train-step time and peak memory of trainers' networks."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing
+import os
+import platform
+import sys
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from nnunet_ext.benchmark.measure import measure_trainer
+from nnunet_ext.benchmark.presets import PRESETS, BenchmarkSetting, setting_from_plans, setting_from_preset
+from nnunet_ext.registration import registered_trainer_names
+
+DEFAULT_TRAINER = "nnUNetTrainer"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nnUNetv2_ext_benchmark",
+        description="Measure, for each trainer, the network it builds: parameters, FLOPs (torch FlopCounterMode, "
+        "one patch), forward latency and train-step time (median over repeats, one batch), and peak memory of the "
+        "train step. Each trainer runs in a fresh process. Prints a table (with train-step time relative to "
+        "nnU-Net's default network) and writes JSON.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument(
+        "-tr",
+        "--trainers",
+        nargs="+",
+        default=None,
+        help="trainer names (any name nnUNetv2_train accepts); default: nnUNetTrainer and every registered trainer",
+    )
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument(
+        "--preset",
+        default="2d_256",
+        choices=sorted(PRESETS),
+        help="a built-in patch/batch setting: "
+        + "; ".join(
+            f"{name}: patch {'x'.join(map(str, p.patch_size))}, batch {p.batch_size}, "
+            f"{p.input_channels} channel(s), {p.num_classes} classes"
+            for name, p in PRESETS.items()
+        ),
+    )
+    where.add_argument(
+        "--plans", type=Path, help="a plans file (e.g. $nnUNet_preprocessed/DatasetXXX/nnUNetPlans.json)"
+    )
+    parser.add_argument("-c", "--configuration", default="2d", help="configuration of --plans to benchmark")
+    parser.add_argument("--batch-size", type=int, help="override the batch size of the preset or plans")
+    parser.add_argument("--input-channels", type=int, help="with --plans: override channels (default: dataset.json)")
+    parser.add_argument(
+        "--num-classes", type=int, help="with --plans: override output channels (default: dataset.json)"
+    )
+    parser.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        choices=["cpu", "cuda"],
+        help="device to measure on",
+    )
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch CPU threads")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed runs before timing")
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs; the median is reported")
+    parser.add_argument(
+        "-o", "--output", type=Path, help="JSON output file (default: benchmark_<setting>_<device>.json)"
+    )
+    return parser
+
+
+def format_table(rows: list[dict], reference: dict | None) -> str:
+    """Markdown table of the measurements; the ratio column is train-step time over ``reference``'s."""
+    header = "| trainer | network | params | params fwd | GFLOPs | fwd ms | train-step ms | x default | peak MB |"
+    lines = [header, "|" + "---|" * 9]
+    for row in rows:
+        if row["error"]:
+            lines.append(f"| {row['trainer']} | not measured: {row['error']} |" + " |" * 7)
+            continue
+        ratio = row["train_step_ms"] / reference["train_step_ms"] if reference else math.nan
+        lines.append(
+            f"| {row['trainer']} | {row['network']} | {row['params']:,} | {row['params_forward']:,} | "
+            f"{row['gflops']:.2f} | {row['forward_ms']:.1f} | {row['train_step_ms']:.1f} | {ratio:.2f} | "
+            f"{row['peak_memory_mb']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def run_benchmark(
+    trainers: list[str], setting: BenchmarkSetting, device: str, warmup: int, repeats: int, threads: int
+) -> list[dict]:
+    """Measure every trainer in a fresh spawned process (isolated memory peak and no cross-talk)."""
+    context = multiprocessing.get_context("spawn")
+    rows = []
+    for trainer in tqdm(trainers, desc="benchmark", unit="trainer"):
+        with context.Pool(1) as pool:
+            rows.append(pool.apply(measure_trainer, (trainer, setting, device, warmup, repeats, threads)))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        sys.exit("nnUNetv2_ext_benchmark: --device cuda requested but CUDA is not available")
+    if args.plans is not None:
+        if not args.plans.is_file():
+            sys.exit(f"nnUNetv2_ext_benchmark: plans file {args.plans} does not exist")
+        setting = setting_from_plans(
+            args.plans, args.configuration, args.batch_size, args.input_channels, args.num_classes
+        )
+        name = f"{args.plans.stem}_{args.configuration}"
+    else:
+        setting = setting_from_preset(args.preset, args.batch_size)
+        name = args.preset
+    trainers = args.trainers or [DEFAULT_TRAINER, *registered_trainer_names()]
+    rows = run_benchmark(trainers, setting, args.device, args.warmup, args.repeats, args.threads)
+    reference = next((r for r in rows if r["trainer"] == DEFAULT_TRAINER and not r["error"]), None)
+    print(
+        f"\n{setting.label}: patch {'x'.join(map(str, setting.patch_size))}, batch {setting.batch_size}, "
+        f"{setting.input_channels} -> {setting.num_classes} channels, device {args.device}, "
+        f"{args.threads} threads, torch {torch.__version__}, {platform.processor() or platform.machine()}\n"
+    )
+    print(format_table(rows, reference))
+    output = args.output or Path(f"benchmark_{name}_{args.device}.json")
+    report = {
+        "setting": setting.label,
+        "patch_size": list(setting.patch_size),
+        "batch_size": setting.batch_size,
+        "input_channels": setting.input_channels,
+        "num_classes": setting.num_classes,
+        "device": args.device,
+        "threads": args.threads,
+        "torch": torch.__version__,
+        "repeats": args.repeats,
+        "rows": rows,
+    }
+    output.write_text(json.dumps(report, indent=2))
+    print(f"\nwritten: {output}")
+
+
+if __name__ == "__main__":
+    main()

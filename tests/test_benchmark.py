@@ -1,0 +1,86 @@
+"""The benchmark machinery: presets reproduce nnU-Net's default network; measurements are complete and sane."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from nnunet_ext.benchmark.measure import measure_trainer
+from nnunet_ext.benchmark.presets import setting_from_plans, setting_from_preset
+from nnunet_ext.cli.benchmark import format_table
+
+
+def test_preset_2d_256_is_nnunets_default_network_of_the_reference():
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    setting = setting_from_preset("2d_256")
+    network = nnUNetTrainer.build_network_architecture(
+        setting.plans_manager, setting.configuration_manager, 3, 2, False
+    )
+    assert sum(p.numel() for p in network.parameters()) == 33_472_396
+    assert len(setting.configuration_manager.pool_op_kernel_sizes) == 7
+
+
+def test_anisotropic_preset_pools_like_nnunet():
+    strides = setting_from_preset("3d_aniso").configuration_manager.pool_op_kernel_sizes
+    assert list(strides[1]) == [1, 2, 2] and list(strides[2]) == [2, 2, 2]
+
+
+def test_measurement_of_a_registered_trainer():
+    setting = setting_from_preset("2d_256", batch_size=1)
+    row = measure_trainer("nnUNetTrainerCMUNeXt_S", setting, "cpu", warmup=0, repeats=1, threads=1)
+    assert row["error"] is None and row["network"] == "CMUNeXt"
+    assert row["params_forward"] == 417_514
+    assert row["params"] > row["params_forward"]
+    assert abs(row["gflops"] - 2.0258) < 0.01
+    assert row["forward_ms"] > 0 and row["train_step_ms"] > 0 and row["peak_memory_mb"] > 0
+
+
+def test_unknown_trainer_is_reported_not_raised():
+    row = measure_trainer("nnUNetTrainerNoSuchThing", setting_from_preset("2d_256"), "cpu", 0, 1, 1)
+    assert row["error"].startswith("RuntimeError") and math.isnan(row["train_step_ms"])
+
+
+def test_table_ratio_is_relative_to_the_default_network():
+    rows = [
+        {
+            "trainer": "nnUNetTrainer",
+            "network": "PlainConvUNet",
+            "params": 10,
+            "params_forward": 9,
+            "gflops": 1.0,
+            "forward_ms": 10.0,
+            "train_step_ms": 40.0,
+            "peak_memory_mb": 5.0,
+            "error": None,
+        },
+        {
+            "trainer": "T",
+            "network": "N",
+            "params": 2,
+            "params_forward": 2,
+            "gflops": 0.5,
+            "forward_ms": 5.0,
+            "train_step_ms": 10.0,
+            "peak_memory_mb": 1.0,
+            "error": None,
+        },
+        {"trainer": "X", "error": "ValueError: 2D only"},
+    ]
+    table = format_table(rows, rows[0])
+    assert "| T | N | 2 | 2 | 0.50 | 5.0 | 10.0 | 0.25 | 1 |" in table
+    assert "not measured: ValueError: 2D only" in table
+
+
+def test_plans_file_setting_takes_channels_and_classes_from_dataset_json(tmp_path):
+    setting = setting_from_preset("2d_224")
+    (tmp_path / "nnUNetPlans.json").write_text(json.dumps(setting.plans))
+    (tmp_path / "dataset.json").write_text(
+        json.dumps({"channel_names": {"0": "a", "1": "b"}, "labels": {"background": 0, "x": 1, "y": 2}})
+    )
+    from_plans = setting_from_plans(tmp_path / "nnUNetPlans.json", "2d_224")
+    assert (from_plans.input_channels, from_plans.num_classes, from_plans.batch_size) == (2, 3, 4)
+    with pytest.raises(ValueError, match="no configuration '3d_fullres'"):
+        setting_from_plans(tmp_path / "nnUNetPlans.json", "3d_fullres")
