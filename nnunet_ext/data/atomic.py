@@ -14,7 +14,9 @@ from pathlib import Path
 def atomic_directory(target: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary folder beside ``target`` that replaces ``target`` only when the block succeeds.
 
-    On any exception the temporary folder is removed and ``target`` is left as it was.
+    On any exception the temporary folder is removed and ``target`` is left as it was. An existing ``target`` is
+    moved aside before the new folder takes its place and deleted only afterwards, so no moment exists at which
+    neither is on disk.
 
     Raises:
         FileExistsError: ``target`` exists and ``overwrite`` is False.
@@ -27,8 +29,12 @@ def atomic_directory(target: str | os.PathLike, overwrite: bool = False) -> Iter
     try:
         yield staging
         if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)
+            previous = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".previous", dir=target.parent))
+            os.replace(target, previous)
+            os.replace(staging, target)
+            shutil.rmtree(previous)
+        else:
+            os.replace(staging, target)
     finally:
         if staging.exists():
             shutil.rmtree(staging)

@@ -1,13 +1,15 @@
 """A synthetic nnU-Net raw dataset, 2D (PNG) or 3D (NIfTI), for tests and the demo.
 
-Every case shows one object of each foreground class on a smooth, noisy background:
+Every case shows one object of each foreground class, two unlabeled distractor blobs, a smooth bias field and
+Gaussian noise:
 
-- ``disc`` (label 1): a filled disc / ball, bright;
+- ``disc`` (label 1): a filled disc / ball;
 - ``box`` (label 2): an axis-aligned box with a stripe texture;
-- ``ring`` (label 3): an annulus / hollow shell, whose wall intensity overlaps the box's.
+- ``ring`` (label 3): an annulus / hollow shell.
 
-Intensity alone does not separate the classes (box and ring overlap, gain and offset vary per case), so a
-network has to learn shape and texture; a few epochs of nnU-Net reach a clearly non-trivial Dice.
+All objects and distractors share one intensity range, and gain and offset vary per case, so intensity alone
+separates nothing: a network has to learn shape, edges and texture, and a short nnU-Net run reaches a Dice that is
+clearly above chance but not perfect.
 Additional channels (``num_channels > 1``) are differently contrasted, independently noised views.
 """
 
@@ -85,44 +87,61 @@ def _free_centre(
     return centre
 
 
+def _object(
+    class_value: int, offset: np.ndarray, coords: np.ndarray, radius: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Mask (flat, over all pixels) and intensity (scalar or flat) of one object of ``class_value``.
+
+    ``offset`` (D, N) holds every pixel's physical offset from the object's centre.
+    """
+    distance = np.linalg.norm(offset, axis=0)
+    if class_value == 1:
+        return distance < radius, rng.uniform(0.3, 0.5)
+    if class_value == 2:
+        half = radius * rng.uniform(0.6, 1.0, size=len(offset))[:, None]
+        stripes = 0.12 * np.sin(2 * np.pi * coords[-1].ravel() / rng.uniform(3, 6))
+        return np.all(np.abs(offset) < half, axis=0), rng.uniform(0.25, 0.45) + stripes
+    return (distance < radius) & (distance > 0.55 * radius), rng.uniform(0.3, 0.5)
+
+
 def synthesize_case(
     shape: Sequence[int], spacing: Sequence[float], num_channels: int, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
-    """One case: ``image`` float32 (C, *shape) in [0, 1] and ``label`` uint8 (*shape) with values of LABELS."""
+    """One case: ``image`` float32 (C, *shape) in [0, 1] and ``label`` uint8 (*shape) with values of LABELS.
+
+    Besides one object per class, two unlabeled distractors (soft-edged blobs of the same intensity range) and a
+    smooth bias field are added, the objects' edges are slightly blurred and Gaussian noise is added.
+    """
     shape = tuple(shape)
     coords = np.stack(np.meshgrid(*[np.arange(n) * s for n, s in zip(shape, spacing)], indexing="ij"))
+    flat_coords = coords.reshape(len(shape), -1)
     extent = np.array([n * s for n, s in zip(shape, spacing)])
-    label = np.zeros(shape, dtype=np.uint8)
-    signal = np.zeros(shape, dtype=np.float32)
     size = float(extent.min())
+    label = np.zeros(int(np.prod(shape)), dtype=np.uint8)
+    signal = np.zeros(label.shape, dtype=np.float32)
     placed: list[tuple[np.ndarray, float]] = []
-    for class_value in rng.permutation([1, 2, 3]):
+    for class_value in [*rng.permutation([1, 2, 3]), 0, 0]:
         radius = rng.uniform(0.1, 0.18) * size
         centre = _free_centre(extent, radius, placed, rng)
         placed.append((centre, radius))
-        centre = centre[:, None]
-        offset = coords.reshape(len(shape), -1) - centre
-        distance = np.linalg.norm(offset, axis=0).reshape(shape)
-        if class_value == 1:
-            mask, intensity = distance < radius, 0.55
-        elif class_value == 2:
-            half = radius * rng.uniform(0.6, 1.0, size=len(shape))[:, None]
-            mask = np.all(np.abs(offset) < half, axis=0).reshape(shape)
-            stripes = 0.12 * np.sin(2 * np.pi * coords[-1] / rng.uniform(3, 6))
-            intensity = 0.35 + stripes
-        else:
-            mask, intensity = (distance < radius) & (distance > 0.55 * radius), 0.4
+        offset = flat_coords - centre[:, None]
+        if class_value == 0:
+            squared = np.sum((offset / (0.6 * radius)) ** 2, axis=0)
+            signal += rng.uniform(0.3, 0.5) * np.exp(-squared)
+            continue
+        mask, intensity = _object(class_value, offset, coords, radius, rng)
         label[mask] = class_value
-        signal[mask] = np.broadcast_to(intensity, shape)[mask]
-    background = gaussian_filter(rng.normal(size=shape), sigma=[n / 8 for n in shape])
-    background = 0.15 * background / (np.abs(background).max() + 1e-8)
+        signal[mask] = np.broadcast_to(intensity, label.shape)[mask]
+    signal = gaussian_filter(signal.reshape(shape), sigma=0.7 / np.asarray(spacing))
+    bias_field = gaussian_filter(rng.normal(size=shape), sigma=[n / 8 for n in shape])
+    bias_field = 0.2 * bias_field / (np.abs(bias_field).max() + 1e-8)
     channels = []
     for channel in range(num_channels):
         view = signal if channel == 0 else 0.6 - 0.8 * signal
         gain, bias = rng.uniform(0.8, 1.2), rng.uniform(0.15, 0.3)
-        noisy = gain * (view + background) + bias + rng.normal(scale=0.07, size=shape)
+        noisy = gain * (view + bias_field) + bias + rng.normal(scale=0.12, size=shape)
         channels.append(np.clip(noisy, 0, 1))
-    return np.stack(channels).astype(np.float32), label
+    return np.stack(channels).astype(np.float32), label.reshape(shape)
 
 
 def _write_2d(image: np.ndarray, label: np.ndarray, image_stem: Path, label_path: Path | None) -> None:
