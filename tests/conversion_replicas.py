@@ -228,3 +228,8 @@ def listing(folder: Path) -> list[str]:
 def leftovers(output: Path) -> list[str]:
     """Anything a failed conversion left in the output root (there must be nothing)."""
     return sorted(p.name for p in output.iterdir()) if output.exists() else []
+
+
+def problems_by_file(error) -> dict[str, type]:
+    """``{file name: problem class}`` of an ``InvalidSourceError``."""
+    return {Path(problem.path).name: type(problem) for problem in error.problems}

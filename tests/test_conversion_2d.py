@@ -15,6 +15,7 @@ from conversion_replicas import (
     make_ddti,
     make_isic,
     make_tn3k,
+    problems_by_file,
     read_png,
     write_image,
 )
@@ -36,10 +37,6 @@ from nnunet_ext.conversion.isic import convert_isic
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
-
-
-def problems_by_file(error: InvalidSourceError) -> dict[str, type]:
-    return {p.path.rsplit("/", 1)[-1]: type(p) for p in error.problems}
 
 
 def test_isic_official_layout(tmp_path, rng):
@@ -244,3 +241,16 @@ def test_thyroid_ddti_uppercase_suffix_and_tus_layout(tmp_path, rng):
     assert listing(tmp_path / "raw" / "Dataset183_Thyroid")[2:] == [
         "imagesTr/n1_0000.png", "imagesTs/n2_0000.png", "labelsTr/n1.png", "labelsTs/n2.png"
     ]  # fmt: skip
+
+
+def test_thyroid_bad_inputs(tmp_path, rng):
+    source = make_tn3k(tmp_path / "tn3k", rng)
+    (source / "trainval-mask" / "0001.jpg").unlink()
+    (source / "test-image" / "0000.jpg").write_bytes(b"\xff\xd8 truncated")
+    argv = ["-i", str(source), "--output", str(tmp_path / "raw"), "--no-progress"]
+    with pytest.raises(InvalidSourceError) as caught:
+        thyroid.convert_thyroid(source, tmp_path / "raw", progress=False)
+    assert problems_by_file(caught.value) == {"0001.jpg": MissingPartnerError, "0000.jpg": UnreadableFileError}
+    (source / "tn3k-trainval-fold1.json").write_text(json.dumps({"train": [0], "val": [7]}))
+    assert thyroid.main(argv) == 2
+    assert leftovers(tmp_path / "raw") == []

@@ -16,6 +16,7 @@ from conversion_replicas import (
     make_btcv,
     make_flare,
     make_transunet,
+    problems_by_file,
     read_volume,
     write_volume,
 )
@@ -38,10 +39,6 @@ from nnunet_ext.conversion.synapse import BTCV_ORGANS, TEST_CASES, TRAIN_CASES, 
 @pytest.fixture
 def rng():
     return np.random.default_rng(1)
-
-
-def problems_by_file(error: InvalidSourceError) -> dict[str, type]:
-    return {p.path.rsplit("/", 1)[-1]: type(p) for p in error.problems}
 
 
 def test_synapse_btcv_split_remap_and_unlabeled(tmp_path, rng):

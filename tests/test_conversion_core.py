@@ -52,7 +52,7 @@ def test_label_maps_parse_and_decode(tmp_path):
     np.testing.assert_array_equal(colour(mask, "m"), [[1, 0], [0, 0]])
     spec = tmp_path / "map.json"
     spec.write_text(json.dumps({"background": 0, "hole": [2, 255]}))
-    assert parse_label_map(str(spec)).values == {"background": [0], "hole": [2, 255]}
+    assert parse_label_map(str(spec)).entries == {"background": [0], "hole": [2, 255]}
     for bad in ("edema=1;background=0", "background=0;edema=255,0,0", "background"):
         with pytest.raises(ValueError):
             parse_label_map(bad)

@@ -145,11 +145,12 @@ def convert_acdc(
     name: str = NAME,
     layout: str = "official",
     with_test_labels: bool = False,
-    overwrite: bool = False,
-    workers: int | None = None,
-    progress: bool = True,
+    **options,
 ) -> Path:
-    """Convert ACDC (``layout``: official or npz); returns the dataset folder."""
+    """Convert ACDC (``layout``: official or npz); returns the dataset folder.
+
+    ``options`` (``overwrite``, ``workers``, ``progress``) go to :func:`~nnunet_ext.conversion.writer.convert_dataset`.
+    """
     if layout == "official":
         cases, problems = official_cases(source, with_test_labels)
     else:
@@ -160,13 +161,11 @@ def convert_acdc(
         DatasetDescription(name, dict(CHANNELS), dict(LABELS), ".nii.gz"),
         output_root,
         dataset_id,
-        overwrite=overwrite,
         splits=acdc_split(training) if training else None,
         input_root=source,
         case_map=False,
-        workers=workers,
-        progress=progress,
         known_problems=problems,
+        **options,
     )
 
 

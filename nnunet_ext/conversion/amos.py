@@ -116,11 +116,12 @@ def convert_amos(
     split_lists: Path | None = None,
     counts: Sequence[int] = GUIDEDNET_COUNTS,
     seed: int = 0,
-    overwrite: bool = False,
-    workers: int | None = None,
-    progress: bool = True,
+    **options,
 ) -> Path:
-    """Convert AMOS 2022 task ``task`` (``protocol``: nnunet, or guidednet for task 1); returns the dataset folder."""
+    """Convert AMOS 2022 task ``task`` (``protocol``: nnunet, or guidednet for task 1); returns the dataset folder.
+
+    ``options`` (``overwrite``, ``workers``, ``progress``) go to :func:`~nnunet_ext.conversion.writer.convert_dataset`.
+    """
     if protocol == "guidednet" and task != 1:
         raise SourceLayoutError("the GuidedNet protocol is CT-only (task 1)")
     data = load_source_json(source)
@@ -150,14 +151,12 @@ def convert_amos(
         DatasetDescription(name or TASKS[task]["name"], {0: TASKS[task]["channel"]}, labels, ".nii.gz", metadata),
         output_root,
         dataset_id or TASKS[task]["id"],
-        overwrite=overwrite,
         splits=splits,
         extra_files=extra,
         input_root=source,
         case_map=False,
-        workers=workers,
-        progress=progress,
         known_problems=problems,
+        **options,
     )
 
 

@@ -27,7 +27,7 @@ from nnunet_ext.conversion import images_masks
 from nnunet_ext.conversion.cli import converter_parser, run
 from nnunet_ext.conversion.errors import MissingPartnerError, SourceLayoutError, SourceProblem
 from nnunet_ext.conversion.images import is_image_file
-from nnunet_ext.conversion.images_masks import ImageMaskFolders, SourcePair, pair_folder
+from nnunet_ext.conversion.images_masks import SourcePair
 from nnunet_ext.conversion.labels import BinaryMask
 
 DATASET_ID, NAME = 81, "BUSI"
@@ -85,18 +85,18 @@ def convert_busi(
     layout: str = "auto",
     drop_normal: bool = False,
     test_list: Path | None = None,
-    overwrite: bool = False,
-    workers: int | None = None,
-    progress: bool = True,
+    **options,
 ) -> Path:
-    """Convert BUSI (``layout``: auto, kaggle or images-masks); returns the dataset folder."""
+    """Convert BUSI (``layout``: auto, kaggle or images-masks); returns the dataset folder.
+
+    ``options`` (``overwrite``, ``workers``, ``progress``) go to :func:`~nnunet_ext.conversion.writer.convert_dataset`.
+    """
     if layout == "auto":
         layout = "images-masks" if (source / "images").is_dir() and (source / "masks").is_dir() else "kaggle"
     if layout == "kaggle":
         pairs, problems = kaggle_pairs(source, drop_normal)
     else:
-        masks = source / "masks" / "0" if (source / "masks" / "0").is_dir() else source / "masks"
-        pairs, problems = pair_folder(ImageMaskFolders(source / "images", masks))
+        pairs, problems = images_masks.images_masks_pairs(source)
         if drop_normal:
             pairs = [pair for pair in pairs if not pair.name.startswith("normal")]
     if test_list is not None:
@@ -111,10 +111,8 @@ def convert_busi(
         channel_mode="gray",
         decoder=BinaryMask("tumor"),
         gray_channel_name="ultrasound",
-        overwrite=overwrite,
-        workers=workers,
-        progress=progress,
         metadata=METADATA,
+        **options,
     )
 
 

@@ -117,11 +117,12 @@ def convert_flare(
     counts: Sequence[int] = GUIDEDNET_COUNTS,
     unlabeled_count: int = GUIDEDNET_UNLABELED,
     seed: int = 0,
-    overwrite: bool = False,
-    workers: int | None = None,
-    progress: bool = True,
+    **options,
 ) -> Path:
-    """Convert FLARE22 (``protocol``: full or guidednet); returns the dataset folder."""
+    """Convert FLARE22 (``protocol``: full or guidednet); returns the dataset folder.
+
+    ``options`` (``overwrite``, ``workers``, ``progress``) go to :func:`~nnunet_ext.conversion.writer.convert_dataset`.
+    """
     labelled, unlabelled, testing, problems = flare_cases(source)
     splits, extra = None, {}
     if protocol == "full":
@@ -142,13 +143,11 @@ def convert_flare(
         DatasetDescription(name, {0: "CT"}, dict(LABELS), ".nii.gz", dict(METADATA)),
         output_root,
         dataset_id,
-        overwrite=overwrite,
         splits=splits,
         extra_files=extra,
         input_root=source,
-        workers=workers,
-        progress=progress,
         known_problems=problems,
+        **options,
     )
 
 

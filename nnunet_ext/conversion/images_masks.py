@@ -77,6 +77,12 @@ def pair_folder(folders: ImageMaskFolders) -> tuple[list[SourcePair], list[Sourc
     return pairs, problems
 
 
+def images_masks_pairs(source: Path) -> tuple[list[SourcePair], list[SourceProblem]]:
+    """``images/`` + ``masks/0/`` (UNeXt/CMUNeXt) or ``masks/`` (DCSAU-Net/GCGLE-Net), identical file names."""
+    masks = source / "masks" / "0" if (source / "masks" / "0").is_dir() else source / "masks"
+    return pair_folder(ImageMaskFolders(source / "images", masks))
+
+
 def read_name_list(path: Path) -> list[str]:
     """Names from a list file, one per line (CRLF, blank lines and extensions tolerated)."""
     if not path.is_file():
@@ -125,31 +131,31 @@ def convert_pairs(
     channel_mode: str,
     decoder: MaskLabels,
     gray_channel_name: str,
-    overwrite: bool = False,
-    workers: int | None = None,
-    progress: bool = True,
     metadata: dict | None = None,
     splits: list[dict] | None = None,
+    **options,
 ) -> Path:
-    """Write paired 2-D images as ``DatasetXXX_name`` (PNG, labels from ``decoder``); see :func:`convert_dataset`."""
+    """Write paired 2-D images as ``DatasetXXX_name`` (PNG, labels from ``decoder``); ``splits`` name pairs.
+
+    ``options`` (``overwrite``, ``workers``, ``progress``) go to :func:`convert_dataset`.
+    """
     cases = image_mask_cases(pairs, channel_mode, decoder)
     description = DatasetDescription(
         name, channel_names_for(channel_mode, gray_channel_name), decoder.labels, ".png", metadata or {}
     )
     if splits is not None:
         ids = {pair.name: case.case_id for pair, case in zip(pairs, cases)}
-        splits = [{key: [ids[n] for n in fold[key]] for key in ("train", "val")} for fold in splits]
+        # names of pairs dropped for a problem stay as they are: validation reports the problem first
+        splits = [{key: [ids.get(n, n) for n in fold[key]] for key in ("train", "val")} for fold in splits]
     return convert_dataset(
         cases,
         description,
         output_root,
         dataset_id,
-        overwrite=overwrite,
         splits=splits,
         input_root=source,
-        workers=workers,
-        progress=progress,
         known_problems=problems,
+        **options,
     )
 
 
@@ -201,11 +207,24 @@ def add_folder_options(parser: argparse.ArgumentParser, images: str, masks: str)
     )
 
 
-def pairs_from_args(args: argparse.Namespace, source: Path) -> tuple[list[SourcePair], list[SourceProblem]]:
-    """Pair ``--images-dir`` with ``--masks-dir`` below ``source`` and apply ``--test-list``."""
-    pairs, problems = pair_folder(
-        ImageMaskFolders(source / args.images_dir, source / args.masks_dir, mask_suffix=args.mask_suffix)
-    )
-    if args.test_list is not None:
-        move_listed_to_test(pairs, args.test_list)
-    return pairs, problems
+@dataclass(frozen=True)
+class FolderLayout:
+    """Where the generic converter finds images and masks below the input folder (``--images-dir`` ...)."""
+
+    images_dir: str = "images"
+    masks_dir: str = "masks"
+    mask_suffix: str = ""
+    test_list: Path | None = None
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> FolderLayout:
+        return cls(args.images_dir, args.masks_dir, args.mask_suffix, args.test_list)
+
+    def pairs(self, source: Path) -> tuple[list[SourcePair], list[SourceProblem]]:
+        """Pair the images with their masks below ``source`` and apply the test list."""
+        pairs, problems = pair_folder(
+            ImageMaskFolders(source / self.images_dir, source / self.masks_dir, mask_suffix=self.mask_suffix)
+        )
+        if self.test_list is not None:
+            move_listed_to_test(pairs, self.test_list)
+        return pairs, problems

@@ -79,17 +79,17 @@ def convert_isic(
     name: str = NAME,
     layout: str = "auto",
     test_list: Path | None = None,
-    overwrite: bool = False,
-    workers: int | None = None,
-    progress: bool = True,
+    **options,
 ) -> Path:
-    """Convert ISIC 2018 Task 1 (``layout``: auto, official or images-masks); returns the dataset folder."""
+    """Convert ISIC 2018 Task 1 (``layout``: auto, official or images-masks); returns the dataset folder.
+
+    ``options`` (``overwrite``, ``workers``, ``progress``) go to :func:`~nnunet_ext.conversion.writer.convert_dataset`.
+    """
     layout = detect_layout(source) if layout == "auto" else layout
     if layout == "official":
         pairs, problems = official_pairs(source)
     else:
-        masks = source / "masks" / "0" if (source / "masks" / "0").is_dir() else source / "masks"
-        pairs, problems = pair_folder(ImageMaskFolders(source / "images", masks))
+        pairs, problems = images_masks.images_masks_pairs(source)
         if test_list is not None:
             images_masks.move_listed_to_test(pairs, test_list)
     return images_masks.convert_pairs(
@@ -102,10 +102,8 @@ def convert_isic(
         channel_mode="rgb",
         decoder=BinaryMask("lesion"),
         gray_channel_name="dermoscopy",
-        overwrite=overwrite,
-        workers=workers,
-        progress=progress,
         metadata=METADATA,
+        **options,
     )
 
 

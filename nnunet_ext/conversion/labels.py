@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,44 +63,45 @@ class BinaryMask:
 
 
 @dataclass(frozen=True)
-class ValueMap:
-    """Gray-level / palette-index masks: ``values[name] = source values`` -> label ids 0, 1, 2... in order.
+class _TableMap(ABC):
+    """``entries[name] = source values`` -> label ids 0, 1, 2... in the order of ``entries``.
 
-    ``tolerance`` assigns a pixel to the nearest table value within that distance (for JPEG masks);
-    any other value raises :class:`UnexpectedLabelError`.
+    ``tolerance`` assigns a pixel to the nearest entry within that distance (max over channels; for JPEG
+    masks); any other value raises :class:`UnexpectedLabelError`.
     """
 
-    values: Mapping[str, Sequence[int]]
+    entries: Mapping[str, Sequence]
     tolerance: int = 0
 
     @property
     def labels(self) -> dict[str, int]:
-        return {name: index for index, name in enumerate(self.values)}
+        return {name: index for index, name in enumerate(self.entries)}
+
+    @abstractmethod
+    def _pixels(self, mask: np.ndarray, path: str | os.PathLike) -> np.ndarray:
+        """``(H, W, C)`` int64 pixels comparable with the entries."""
 
     def __call__(self, mask: np.ndarray, path: str | os.PathLike) -> np.ndarray:
+        table = [(value, label) for label, name in enumerate(self.entries) for value in self.entries[name]]
+        return _nearest(self._pixels(mask, path), table, self.tolerance, path)
+
+
+class ValueMap(_TableMap):
+    """Gray-level / palette-index masks; entries are single values (colour masks with R = G = B read as gray)."""
+
+    def _pixels(self, mask: np.ndarray, path: str | os.PathLike) -> np.ndarray:
         if mask.ndim == 3:
             if not (np.array_equal(mask[..., 0], mask[..., 1]) and np.array_equal(mask[..., 1], mask[..., 2])):
                 raise UnexpectedLabelError(path, "colour mask given to a gray-value label map (use R,G,B entries)")
             mask = mask[..., 0]
-        table = [(value, label) for label, name in enumerate(self.values) for value in self.values[name]]
-        return _nearest(mask.astype(np.int64)[..., None], table, self.tolerance, path)
+        return mask.astype(np.int64)[..., None]
 
 
-@dataclass(frozen=True)
-class ColourMap:
-    """RGB masks: ``colours[name] = source colours`` -> label ids 0, 1, 2... in order (gray masks read as v,v,v)."""
+class ColourMap(_TableMap):
+    """RGB masks; entries are ``(r, g, b)`` colours (gray masks read as v,v,v)."""
 
-    colours: Mapping[str, Sequence[Colour]]
-    tolerance: int = 0
-
-    @property
-    def labels(self) -> dict[str, int]:
-        return {name: index for index, name in enumerate(self.colours)}
-
-    def __call__(self, mask: np.ndarray, path: str | os.PathLike) -> np.ndarray:
-        rgb = np.repeat(mask[..., None], 3, axis=-1) if mask.ndim == 2 else mask
-        table = [(colour, label) for label, name in enumerate(self.colours) for colour in self.colours[name]]
-        return _nearest(rgb.astype(np.int64), table, self.tolerance, path)
+    def _pixels(self, mask: np.ndarray, path: str | os.PathLike) -> np.ndarray:
+        return (np.repeat(mask[..., None], 3, axis=-1) if mask.ndim == 2 else mask).astype(np.int64)
 
 
 def _nearest(pixels: np.ndarray, table: list, tolerance: int, path) -> np.ndarray:

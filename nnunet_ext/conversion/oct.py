@@ -16,25 +16,30 @@ for colour masks ``'background=0,0,0;edema=255,0,0;hole=0,0,255'``. Images becom
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
 from nnunet_ext.conversion import images_masks
 from nnunet_ext.conversion.cli import converter_parser, run
+from nnunet_ext.conversion.images_masks import FolderLayout
+from nnunet_ext.conversion.labels import MaskLabels, parse_label_map
 
 DATASET_ID, NAME = 82, "OCT"
 DEFAULT_LABEL_MAP = "background=0;edema=1;hole=2"
 VOC_FOLDERS = (Path("VOCdevkit/VOC2007"), Path("VOC2007"), Path("."))
 
 
-def detect_folders(source: Path, images: str, masks: str) -> tuple[str, str]:
-    """``(images, masks)`` relative to ``source``: the given ones if they exist, else a VOC layout."""
-    if (source / images).is_dir():
-        return images, masks
+def detect_layout(source: Path, layout: FolderLayout) -> FolderLayout:
+    """``layout`` if its image folder exists below ``source``, else the VOC layout found there."""
+    if (source / layout.images_dir).is_dir():
+        return layout
     for base in VOC_FOLDERS:
         if (source / base / "JPEGImages").is_dir() and (source / base / "SegmentationClass").is_dir():
-            return str(base / "JPEGImages"), str(base / "SegmentationClass")
-    return images, masks
+            return dataclasses.replace(
+                layout, images_dir=str(base / "JPEGImages"), masks_dir=str(base / "SegmentationClass")
+            )
+    return layout
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,18 +49,39 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def convert(args: argparse.Namespace, common: dict) -> Path:
-    args.images_dir, args.masks_dir = detect_folders(common["source"], args.images_dir, args.masks_dir)
-    pairs, problems = images_masks.pairs_from_args(args, common["source"])
+def convert_oct(
+    source: Path,
+    output_root: Path,
+    dataset_id: int = DATASET_ID,
+    name: str = NAME,
+    channel_mode: str = "gray",
+    decoder: MaskLabels = parse_label_map(DEFAULT_LABEL_MAP),
+    layout: FolderLayout = FolderLayout(),
+    **options,
+) -> Path:
+    """Convert an OCT images + masks set (VOC layout detected when ``layout``'s image folder is absent).
+
+    ``options`` (``overwrite``, ``workers``, ``progress``) go to :func:`~nnunet_ext.conversion.writer.convert_dataset`.
+    """
+    pairs, problems = detect_layout(source, layout).pairs(source)
     return images_masks.convert_pairs(
         pairs,
         problems,
-        channel_mode=args.channels,
-        decoder=images_masks.decoder_from_args(args),
+        source=source,
+        output_root=output_root,
+        dataset_id=dataset_id,
+        name=name,
+        channel_mode=channel_mode,
+        decoder=decoder,
         gray_channel_name="OCT",
-        **common,
+        **options,
     )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    def convert(args: argparse.Namespace, common: dict) -> Path:
+        decoder = images_masks.decoder_from_args(args)
+        layout = images_masks.FolderLayout.from_args(args)
+        return convert_oct(channel_mode=args.channels, decoder=decoder, layout=layout, **common)
+
     return run(build_parser(), convert, argv)

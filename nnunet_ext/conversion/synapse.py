@@ -195,11 +195,12 @@ def convert_synapse(
     unlabeled: bool = False,
     lists: Path | None = None,
     intensity: str = "keep",
-    overwrite: bool = False,
-    workers: int | None = None,
-    progress: bool = True,
+    **options,
 ) -> Path:
-    """Convert Synapse (``layout``: auto, btcv or transunet); returns the dataset folder."""
+    """Convert Synapse (``layout``: auto, btcv or transunet); returns the dataset folder.
+
+    ``options`` (``overwrite``, ``workers``, ``progress``) go to :func:`~nnunet_ext.conversion.writer.convert_dataset`.
+    """
     layout = detect_layout(source) if layout == "auto" else layout
     channel = "CT"
     if layout == "btcv":
@@ -215,11 +216,9 @@ def convert_synapse(
         DatasetDescription(name, {0: channel}, labels_for(organs), ".nii.gz", metadata),
         output_root,
         dataset_id,
-        overwrite=overwrite,
         input_root=source,
-        workers=workers,
-        progress=progress,
         known_problems=problems,
+        **options,
     )
 
 

@@ -24,7 +24,9 @@ from pathlib import Path
 from nnunet_ext.conversion import images_masks
 from nnunet_ext.conversion.cli import converter_parser, run
 from nnunet_ext.conversion.errors import SourceLayoutError, SourceProblem
-from nnunet_ext.conversion.images_masks import ImageMaskFolders, SourcePair, pair_folder
+from nnunet_ext.conversion.images import is_image_file
+from nnunet_ext.conversion.images_masks import FolderLayout, ImageMaskFolders, SourcePair, pair_folder
+from nnunet_ext.conversion.labels import BinaryMask, MaskLabels
 
 DATASET_ID, NAME = 83, "Thyroid"
 FORMATS = ("auto", "tus", "tn3k", "ddti")
@@ -63,7 +65,8 @@ def tn3k_pairs(source: Path) -> tuple[list[SourcePair], list[SourceProblem], lis
     if not fold_files:
         return pairs, problems, None
     try:
-        ordered = sorted((p for p in pairs if p.split == "Tr"), key=lambda p: int(p.image.stem))
+        stems = (p.stem for p in (source / "trainval-image").iterdir() if is_image_file(p))
+        ordered = [f"trainval_{stem}" for stem in sorted(stems, key=int)]
     except ValueError as error:
         raise SourceLayoutError(
             f"{source / 'trainval-image'}: fold files need integer image names ({error})"
@@ -72,7 +75,7 @@ def tn3k_pairs(source: Path) -> tuple[list[SourcePair], list[SourceProblem], lis
     for fold_file in fold_files:
         try:
             fold = json.loads(fold_file.read_text())
-            splits.append({key: [ordered[int(i)].name for i in fold[key]] for key in ("train", "val")})
+            splits.append({key: [ordered[int(i)] for i in fold[key]] for key in ("train", "val")})
         except (ValueError, KeyError, IndexError, TypeError) as error:
             raise SourceLayoutError(
                 f"{fold_file}: not a TN3K fold file over {len(ordered)} images ({error!r})"
@@ -88,9 +91,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def convert(args: argparse.Namespace, common: dict) -> Path:
-    source = common["source"]
-    source_format = detect_format(source) if args.format == "auto" else args.format
+def convert_thyroid(
+    source: Path,
+    output_root: Path,
+    dataset_id: int = DATASET_ID,
+    name: str = NAME,
+    source_format: str = "auto",
+    channel_mode: str = "gray",
+    decoder: MaskLabels = BinaryMask("nodule"),
+    layout: FolderLayout = FolderLayout(),
+    **options,
+) -> Path:
+    """Convert a thyroid ultrasound set (``source_format``: auto, tus, tn3k or ddti; ``layout`` for tus).
+
+    ``options`` (``overwrite``, ``workers``, ``progress``) go to :func:`~nnunet_ext.conversion.writer.convert_dataset`.
+    """
+    source_format = detect_format(source) if source_format == "auto" else source_format
     splits = None
     if source_format == "tn3k":
         pairs, problems, splits = tn3k_pairs(source)
@@ -100,17 +116,28 @@ def convert(args: argparse.Namespace, common: dict) -> Path:
             raise SourceLayoutError(f"{source}: DDTI image/ and mask/ folders not found")
         pairs, problems = pair_folder(ImageMaskFolders(base / "image", base / "mask"))
     else:
-        pairs, problems = images_masks.pairs_from_args(args, source)
+        pairs, problems = layout.pairs(source)
     return images_masks.convert_pairs(
         pairs,
         problems,
-        channel_mode=args.channels,
-        decoder=images_masks.decoder_from_args(args),
+        source=source,
+        output_root=output_root,
+        dataset_id=dataset_id,
+        name=name,
+        channel_mode=channel_mode,
+        decoder=decoder,
         gray_channel_name="ultrasound",
         splits=splits,
-        **common,
+        **options,
     )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    def convert(args: argparse.Namespace, common: dict) -> Path:
+        decoder = images_masks.decoder_from_args(args)
+        layout = FolderLayout.from_args(args)
+        return convert_thyroid(
+            source_format=args.format, channel_mode=args.channels, decoder=decoder, layout=layout, **common
+        )
+
     return run(build_parser(), convert, argv)
