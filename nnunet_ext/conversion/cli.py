@@ -38,7 +38,7 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescrip
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if "default" in text or action.default is None or action.default is False:
+        if "default" in text or action.default in (None, False, ""):
             return text
         return super()._get_help_string(action)
 
@@ -103,5 +103,8 @@ def run(
     except ConversionError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(f"wrote {target}")
+    counts = ", ".join(
+        f"{folder.name}: {len(list(folder.iterdir()))}" for folder in sorted(target.iterdir()) if folder.is_dir()
+    )
+    print(f"wrote {target} ({counts})")
     return 0

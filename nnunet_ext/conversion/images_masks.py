@@ -123,11 +123,11 @@ def channel_names_for(channel_mode: str, gray_name: str) -> dict[int, str]:
 def convert_pairs(
     pairs: list[SourcePair],
     problems: list[SourceProblem],
-    *,
     source: Path,
     output_root: Path,
     dataset_id: int,
     name: str,
+    *,
     channel_mode: str,
     decoder: MaskLabels,
     gray_channel_name: str,
