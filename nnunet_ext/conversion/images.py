@@ -92,10 +92,14 @@ def read_mask_2d(path: str | os.PathLike) -> np.ndarray:
 
 
 def write_png(array: np.ndarray, path: str | os.PathLike) -> None:
-    """Write ``(H, W)``, ``(1, H, W)`` or ``(3, H, W)`` uint8/uint16 losslessly as PNG."""
+    """Write ``(H, W)``, ``(1, H, W)`` or ``(3, H, W)`` uint8/uint16 losslessly as PNG.
+
+    zlib level 1: about half the encoding time of PIL's default level 6 on photographs, for slightly larger files
+    (the encoding dominates a 2-D conversion).
+    """
     if array.ndim == 3:
         array = array[0] if array.shape[0] == 1 else np.moveaxis(array, 0, -1)
-    Image.fromarray(np.ascontiguousarray(array)).save(path, format="PNG")
+    Image.fromarray(np.ascontiguousarray(array)).save(path, format="PNG", compress_level=1)
 
 
 def read_volume_header(path: str | os.PathLike) -> sitk.ImageFileReader:
