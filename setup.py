@@ -53,6 +53,9 @@ setup(
         "numpy",
         "SimpleITK",
         "tqdm",
+        "Pillow",
+        # dataset_conversion/Dataset017_Synapse.py reads TransUNet's test_vol_h5 volumes
+        "h5py",
     ],
     extras_require={"test": ["pytest>=7"], "dev": ["pytest>=7", "ruff"]},
     entry_points={

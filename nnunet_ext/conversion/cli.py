@@ -1,0 +1,110 @@
+"""The command-line skeleton every ``dataset_conversion/`` script shares.
+
+Common options: ``-i/--input``, ``-d/--dataset-id``, ``--output`` (default ``$nnUNet_raw``), ``--overwrite``,
+``--name``, ``--workers``, ``--no-progress``. Expected failures (:class:`ConversionError`) print one readable
+message and exit with status 2; nothing is left behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from nnunet_ext.conversion.errors import ConversionError
+
+
+def _dataset_id(text: str) -> int:
+    value = int(text)
+    if not 0 < value < 1000:
+        raise argparse.ArgumentTypeError(f"a dataset id is 1..999, got {value}")
+    return value
+
+
+def label_map_argument(text: str):
+    """argparse ``type=`` for ``--label-map`` (see :func:`nnunet_ext.conversion.labels.parse_label_map`)."""
+    from nnunet_ext.conversion.labels import parse_label_map
+
+    try:
+        return parse_label_map(text)
+    except (ValueError, OSError) as error:
+        raise argparse.ArgumentTypeError(str(error)) from error
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Show meaningful defaults and keep the layout of the description/epilog (source trees)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, ""):
+            return text
+        return super()._get_help_string(action)
+
+
+def converter_parser(
+    description: str, dataset_id: int, name: str, epilog: str | None = None
+) -> argparse.ArgumentParser:
+    """A parser with the common options; converters add their own."""
+    parser = argparse.ArgumentParser(description=description, epilog=epilog, formatter_class=_HelpFormatter)
+    parser.add_argument("-i", "--input", required=True, type=Path, help="the downloaded (extracted) source dataset")
+    parser.add_argument("-d", "--dataset-id", type=_dataset_id, default=dataset_id, help="nnU-Net dataset id")
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=None,
+        help="folder that receives DatasetXXX_Name/ (default: $nnUNet_raw)",
+    )
+    parser.add_argument("--name", default=name, help="dataset name (the folder is DatasetXXX_NAME)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing DatasetXXX_NAME folder")
+    parser.add_argument(
+        "--workers", type=int, default=None, help="threads for validating/writing cases (default: min(4, CPUs))"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    return parser
+
+
+def output_root(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Path:
+    """``--output`` or ``$nnUNet_raw``; a parser error when neither is given."""
+    if args.output is not None:
+        return args.output
+    raw = os.environ.get("nnUNet_raw")  # noqa: SIM112 (nnU-Net's own variable name)
+    if not raw:
+        parser.error("--output is required when $nnUNet_raw is not set")
+    return Path(raw)
+
+
+def common_kwargs(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict:
+    """The keyword arguments every ``convert_*`` function takes, from the common options."""
+    if not args.input.is_dir():
+        parser.error(f"--input {args.input} is not a folder")
+    return {
+        "source": args.input,
+        "output_root": output_root(parser, args),
+        "dataset_id": args.dataset_id,
+        "name": args.name,
+        "overwrite": args.overwrite,
+        "workers": args.workers,
+        "progress": not args.no_progress,
+    }
+
+
+def run(
+    parser: argparse.ArgumentParser,
+    convert: Callable[[argparse.Namespace, dict], Path],
+    argv: Sequence[str] | None = None,
+) -> int:
+    """Parse ``argv``, call ``convert(args, common_kwargs)``; print the result or the error. Returns the exit status."""
+    args = parser.parse_args(argv)
+    kwargs = common_kwargs(parser, args)
+    try:
+        target = convert(args, kwargs)
+    except ConversionError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    counts = ", ".join(
+        f"{folder.name}: {len(list(folder.iterdir()))}" for folder in sorted(target.iterdir()) if folder.is_dir()
+    )
+    print(f"wrote {target} ({counts})")
+    return 0

@@ -1,0 +1,143 @@
+"""Thyroid ultrasound (TUS-style, TN3K, DDTI) -> ``Dataset083_Thyroid`` (generic images + masks converter).
+
+Formats (``--format auto`` picks by the folders present):
+
+- ``tus``: ``images/<name>`` + ``masks/<name>`` (PNG/JPG, binary 0/255 or 0/1). TUS itself is private; this is
+  the generic layout assumed for it. Everything to imagesTr unless ``--test-list``.
+- ``tn3k``: ``trainval-image/0000.jpg`` + ``trainval-mask/0000.jpg`` -> imagesTr (cases ``trainval_0000``),
+  ``test-image/`` + ``test-mask/`` -> imagesTs/labelsTs (``test_0000``). The masks are JPEG: thresholded at >127.
+  ``tn3k-trainval-fold{0..4}.json`` (``{"train": [i...], "val": [i...]}``, indices into the trainval images
+  sorted by the integer value of their names) become ``splits_final.json``.
+- ``ddti``: the 637-image PNG release, ``[DDTI dataset/][DDTI/]1_or_data/{image,mask}/0000.PNG`` (uppercase
+  suffix), or ``{image,mask}/`` directly (TRFE-Net's ``data/DDTI``). Everything to imagesTr.
+
+Images become one gray channel (``--channels rgb`` keeps colour); masks are binary unless ``--label-map``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+from nnunet_ext.conversion import images_masks
+from nnunet_ext.conversion.cli import converter_parser, run
+from nnunet_ext.conversion.errors import SourceLayoutError, SourceProblem
+from nnunet_ext.conversion.images import is_image_file
+from nnunet_ext.conversion.images_masks import FolderLayout, ImageMaskFolders, SourcePair, pair_folder
+from nnunet_ext.conversion.labels import BinaryMask, MaskLabels
+
+DATASET_ID, NAME = 83, "Thyroid"
+FORMATS = ("auto", "tus", "tn3k", "ddti")
+DDTI_BASES = (Path("DDTI dataset/DDTI/1_or_data"), Path("DDTI/1_or_data"), Path("1_or_data"), Path("."))
+
+
+def ddti_base(source: Path) -> Path | None:
+    """The folder holding DDTI's ``image/`` and ``mask/``, if any."""
+    for base in DDTI_BASES:
+        if (source / base / "image").is_dir() and (source / base / "mask").is_dir():
+            return source / base
+    return None
+
+
+def detect_format(source: Path) -> str:
+    if (source / "trainval-image").is_dir():
+        return "tn3k"
+    if ddti_base(source) is not None:
+        return "ddti"
+    if (source / "images").is_dir():
+        return "tus"
+    raise SourceLayoutError(f"{source}: none of trainval-image/ (TN3K), [..]/image + mask/ (DDTI), images/ (TUS)")
+
+
+def tn3k_pairs(source: Path) -> tuple[list[SourcePair], list[SourceProblem], list[dict] | None]:
+    """TN3K pairs and its fold files as nnU-Net splits (by pair name) or ``None`` when there are none."""
+    pairs, problems = pair_folder(
+        ImageMaskFolders(source / "trainval-image", source / "trainval-mask", "Tr", name_prefix="trainval_")
+    )
+    if (source / "test-image").is_dir():
+        test, test_problems = pair_folder(
+            ImageMaskFolders(source / "test-image", source / "test-mask", "Ts", name_prefix="test_")
+        )
+        pairs, problems = pairs + test, problems + test_problems
+    fold_files = sorted(source.glob("tn3k-trainval-fold*.json"))
+    if not fold_files:
+        return pairs, problems, None
+    try:
+        stems = (p.stem for p in (source / "trainval-image").iterdir() if is_image_file(p))
+        ordered = [f"trainval_{stem}" for stem in sorted(stems, key=int)]
+    except ValueError as error:
+        raise SourceLayoutError(
+            f"{source / 'trainval-image'}: fold files need integer image names ({error})"
+        ) from error
+    splits = []
+    for fold_file in fold_files:
+        try:
+            fold = json.loads(fold_file.read_text())
+            splits.append({key: [ordered[int(i)] for i in fold[key]] for key in ("train", "val")})
+        except (ValueError, KeyError, IndexError, TypeError) as error:
+            raise SourceLayoutError(
+                f"{fold_file}: not a TN3K fold file over {len(ordered)} images ({error!r})"
+            ) from error
+    return pairs, problems, splits
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = converter_parser(__doc__.splitlines()[0], DATASET_ID, NAME, epilog=__doc__.split("\n", 2)[2])
+    parser.add_argument("--format", choices=FORMATS, default="auto", help="source format (see below)")
+    images_masks.add_folder_options(parser, "images", "masks")
+    images_masks.add_mask_options(parser, channels="gray", foreground="nodule", label_map=None)
+    return parser
+
+
+def convert_thyroid(
+    source: Path,
+    output_root: Path,
+    dataset_id: int = DATASET_ID,
+    name: str = NAME,
+    source_format: str = "auto",
+    channel_mode: str = "gray",
+    decoder: MaskLabels = BinaryMask("nodule"),
+    layout: FolderLayout = FolderLayout(),
+    **options,
+) -> Path:
+    """Convert a thyroid ultrasound set (``source_format``: auto, tus, tn3k or ddti; ``layout`` for tus).
+
+    ``options`` (``overwrite``, ``workers``, ``progress``) go to :func:`~nnunet_ext.conversion.writer.convert_dataset`.
+    """
+    source_format = detect_format(source) if source_format == "auto" else source_format
+    splits = None
+    if source_format == "tn3k":
+        pairs, problems, splits = tn3k_pairs(source)
+    elif source_format == "ddti":
+        base = ddti_base(source)
+        if base is None:
+            raise SourceLayoutError(f"{source}: DDTI image/ and mask/ folders not found")
+        pairs, problems = pair_folder(ImageMaskFolders(base / "image", base / "mask"))
+    else:
+        pairs, problems = layout.pairs(source)
+    return images_masks.convert_pairs(
+        pairs,
+        problems,
+        source,
+        output_root,
+        dataset_id,
+        name,
+        channel_mode=channel_mode,
+        decoder=decoder,
+        gray_channel_name="ultrasound",
+        splits=splits,
+        **options,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    def convert(args: argparse.Namespace, common: dict) -> Path:
+        decoder = images_masks.decoder_from_args(args)
+        layout = FolderLayout.from_args(args)
+        return convert_thyroid(
+            source_format=args.format, channel_mode=args.channels, decoder=decoder, layout=layout, **common
+        )
+
+    return run(build_parser(), convert, argv)
