@@ -53,6 +53,51 @@ class NNUNetEnvironment:
             pytest.fail(f"{' '.join(command)} failed ({result.returncode}):\n{output}")
         return result.stdout + result.stderr
 
+    def train(
+        self, dataset_id: int, configuration: str, trainer: str, *options: str, schedule: dict[str, str] | None = None
+    ) -> Path:
+        """``nnUNetv2_train ID CONFIGURATION 0 -tr TRAINER -device cpu [options]`` on ``schedule`` (default:
+        ``SHORT_SCHEDULE``); returns the fold-0 output folder."""
+        self.run(
+            "nnUNetv2_train",
+            str(dataset_id),
+            configuration,
+            "0",
+            "-tr",
+            trainer,
+            "-device",
+            "cpu",
+            *options,
+            extra_env=schedule or SHORT_SCHEDULE,
+        )
+        folder_name = next(p.name for p in self.results.iterdir() if p.name.startswith(f"Dataset{dataset_id:03d}_"))
+        return self.results / folder_name / f"{trainer}__nnUNetPlans__{configuration}" / "fold_0"
+
+    def predict(self, spec: SyntheticDatasetSpec, configuration: str, trainer: str, output: Path) -> Path:
+        """Sequential ``nnUNetv2_predict`` of the dataset's imagesTs with fold 0 on the CPU; returns ``output``."""
+        self.run(
+            "nnUNetv2_predict",
+            "-i",
+            str(self.raw / spec.folder_name / "imagesTs"),
+            "-o",
+            str(output),
+            "-d",
+            str(spec.dataset_id),
+            "-c",
+            configuration,
+            "-tr",
+            trainer,
+            "-f",
+            "0",
+            "-device",
+            "cpu",
+            "-npp",
+            "0",
+            "-nps",
+            "0",
+        )
+        return output
+
 
 @pytest.fixture(scope="session")
 def nnunet_environment(tmp_path_factory) -> NNUNetEnvironment:

@@ -69,7 +69,7 @@ def output_root(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Pa
     """``--output`` or ``$nnUNet_raw``; a parser error when neither is given."""
     if args.output is not None:
         return args.output
-    raw = os.environ.get("nnUNet_raw")  # noqa: SIM112 (nnU-Net's own variable name)
+    raw = os.environ.get("nnUNet_raw")
     if not raw:
         parser.error("--output is required when $nnUNet_raw is not set")
     return Path(raw)
