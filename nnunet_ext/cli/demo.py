@@ -23,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="nnUNetv2_ext_demo",
         description="Generate a small synthetic 2D dataset (3 foreground classes), plan and preprocess it with "
         "nnU-Net, train an nnunet_ext trainer on a shortened schedule (fold 0), predict the held-out test cases and "
-        "print their per-class Dice. About 5 minutes on a 2-core CPU with the defaults.",
+        "print their per-class Dice. A few minutes on a 2-core CPU with the defaults.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument(
@@ -36,8 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-d", "--dataset-id", type=int, default=990, help="dataset id of the synthetic dataset")
     parser.add_argument("--num-training", type=int, default=24, help="training cases (5-fold split; fold 0 trained)")
     parser.add_argument("--num-test", type=int, default=6, help="held-out test cases that are predicted and scored")
-    parser.add_argument("--size", type=int, default=128, help="image edge length in pixels")
-    parser.add_argument("--epochs", type=int, default=15, help="training epochs (nnU-Net default: 1000)")
+    parser.add_argument("--size", type=int, default=96, help="image edge length in pixels")
+    parser.add_argument("--epochs", type=int, default=12, help="training epochs (nnU-Net default: 1000)")
     parser.add_argument("--iterations", type=int, default=25, help="iterations per epoch (nnU-Net default: 250)")
     parser.add_argument(
         "--val-iterations", type=int, default=5, help="validation iterations per epoch (nnU-Net default: 50)"
