@@ -10,6 +10,7 @@ from nnunetv2.paths import nnUNet_preprocessed, nnUNet_results
 from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
 from nnunetv2.utilities.file_path_utilities import get_output_folder
 
+from nnunet_ext.cli.common import exit_on_user_error
 from nnunet_ext.cli.evaluate import add_metric_arguments
 from nnunet_ext.evaluation.crossval import compare_trainers
 from nnunet_ext.evaluation.reports import COMPARISON_JSON, check_report_folder, write_comparison_report
@@ -49,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    try:
+    with exit_on_user_error("nnUNetv2_ext_compare"):
         if nnUNet_results is None or nnUNet_preprocessed is None:
             raise RuntimeError("set nnUNet_results and nnUNet_preprocessed (nnU-Net's set_environment_variables.md)")
         dataset_name = maybe_convert_to_dataset_name(args.d)
@@ -68,8 +69,6 @@ def main(argv: list[str] | None = None) -> None:
         )
         header = {"dataset": dataset_name, "configuration": args.c, "plans": args.p, **header}
         output = write_comparison_report(summaries, columns, header, output)
-    except (FileNotFoundError, FileExistsError, ValueError, RuntimeError) as error:
-        raise SystemExit(f"nnUNetv2_ext_compare: error: {error}") from error
     print((output / "compare.md").read_text())
     print(f"comparison written to {output}")
 

@@ -10,6 +10,7 @@ from batchgenerators.utilities.file_and_folder_operations import load_json
 from nnunetv2.configuration import default_num_processes
 from nnunetv2.imageio.reader_writer_registry import LIST_OF_IO_CLASSES
 
+from nnunet_ext.cli.common import exit_on_user_error
 from nnunet_ext.evaluation.folders import (
     CaseWorkers,
     ClassSet,
@@ -119,7 +120,7 @@ def guess_file_ending(folder: Path) -> str:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     reference_folder, prediction_folder = Path(args.ref), Path(args.pred)
-    try:
+    with exit_on_user_error("nnUNetv2_ext_evaluate"):
         for folder in (reference_folder, prediction_folder):
             if not folder.is_dir():
                 raise FileNotFoundError(f"{folder} is not a folder")
@@ -141,8 +142,6 @@ def main(argv: list[str] | None = None) -> None:
                 reference_folder, prediction_folder, reader, file_ending, classes, settings, workers, args.chill
             )
         write_evaluation_report(summary, output)
-    except (FileNotFoundError, FileExistsError, ValueError, RuntimeError) as error:
-        raise SystemExit(f"nnUNetv2_ext_evaluate: error: {error}") from error
     print((output / "summary.md").read_text())
     print(f"report written to {output}")
 
