@@ -22,7 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Collect the cross-validation results of several trainers: nnU-Net's fold_X/validation/"
         "summary.json (Dice, IoU) plus the extended metrics of the validation predictions, computed against "
         "$nnUNet_preprocessed/DatasetXXX/gt_segmentations on first use and cached in each validation folder "
-        "(summary_ext_PROTOCOL.json). Writes compare.md, compare.csv, compare.json and compare.png.",
+        "(summary_ext_PROTOCOL.json). With the nnunet protocol, Dice and IoU (nnU-Net's own) come from summary.json "
+        "only unless --metrics names them. Writes compare.md, compare.csv, compare.json and compare.png.",
     )
     parser.add_argument("-d", required=True, help="dataset name or ID")
     parser.add_argument("-c", required=True, help="configuration, e.g. 2d or 3d_fullres")

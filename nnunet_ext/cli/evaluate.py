@@ -35,7 +35,7 @@ def metric_list(text: str) -> list[str]:
 
 def add_metric_arguments(parser: argparse.ArgumentParser) -> None:
     """The options shared with ``nnUNetv2_ext_compare``: protocol, metrics, NSD tolerances, processes."""
-    protocols = "; ".join(f"{p.name}: {p.summary}" for p in PROTOCOLS.values())
+    protocols = " ".join(f"{p.name}: {p.summary}" for p in PROTOCOLS.values())
     parser.add_argument(
         "--protocol",
         choices=list(PROTOCOLS),
