@@ -37,6 +37,8 @@ class BuildPyWithStartupHook(build_py):
 COMMANDS = {
     "nnUNetv2_ext_demo": "nnunet_ext.cli.demo:main",
     "nnUNetv2_ext_benchmark": "nnunet_ext.cli.benchmark:main",
+    "nnUNetv2_ext_evaluate": "nnunet_ext.cli.evaluate:main",
+    "nnUNetv2_ext_compare": "nnunet_ext.cli.compare:main",
 }
 
 setup(
@@ -56,8 +58,14 @@ setup(
         "Pillow",
         # dataset_conversion/Dataset017_Synapse.py reads TransUNet's test_vol_h5 volumes
         "h5py",
+        "monai>=1.4",
+        "matplotlib",
     ],
-    extras_require={"test": ["pytest>=7"], "dev": ["pytest>=7", "ruff"]},
+    extras_require={
+        # medpy and surface-distance are the reference implementations the metric tests compare against.
+        "test": ["pytest>=7", "medpy", "surface-distance"],
+        "dev": ["pytest>=7", "medpy", "surface-distance", "ruff"],
+    },
     entry_points={
         "console_scripts": [f"{name} = {target}" for name, target in COMMANDS.items()],
         REGISTRATION["ENTRY_POINT_GROUP"]: REGISTRATION["entry_point_specs"](),
