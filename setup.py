@@ -39,6 +39,8 @@ COMMANDS = {
     "nnUNetv2_ext_benchmark": "nnunet_ext.cli.benchmark:main",
     "nnUNetv2_ext_evaluate": "nnunet_ext.cli.evaluate:main",
     "nnUNetv2_ext_compare": "nnunet_ext.cli.compare:main",
+    "nnUNetv2_ext_preprocess_unlabeled": "nnunet_ext.cli.preprocess_unlabeled:main",
+    "nnUNetv2_ext_ssl_split": "nnunet_ext.cli.ssl_split:main",
 }
 
 setup(

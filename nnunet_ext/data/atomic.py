@@ -1,7 +1,8 @@
-"""Write a folder completely or not at all."""
+"""Write a folder or a file completely or not at all."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -38,3 +39,11 @@ def atomic_directory(target: str | os.PathLike, overwrite: bool = False) -> Iter
     finally:
         if staging.exists():
             shutil.rmtree(staging)
+
+
+def write_json_atomically(path: str | os.PathLike, content: object) -> None:
+    """Write ``content`` as JSON to ``path`` through a temporary file beside it: ``path`` is complete or unchanged."""
+    path = Path(path)
+    staging = path.with_name(f".{path.name}.partial")
+    staging.write_text(json.dumps(content, indent=4))
+    os.replace(staging, path)

@@ -6,8 +6,15 @@ import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from torch import nn
 from torch._dynamo import OptimizedModule
+from torch.nn.parallel import DistributedDataParallel
 
 from nnunet_ext.trainers.schedule import schedule_overrides
+
+
+def unwrap_module(module: nn.Module) -> nn.Module:
+    """``module`` without its DistributedDataParallel and torch.compile wrappers."""
+    module = module.module if isinstance(module, DistributedDataParallel) else module
+    return module._orig_mod if isinstance(module, OptimizedModule) else module
 
 
 class nnUNetTrainerExtBase(nnUNetTrainer):
@@ -39,8 +46,7 @@ class nnUNetTrainerExtBase(nnUNetTrainer):
     @property
     def unwrapped_network(self) -> nn.Module:
         """``self.network`` without its DDP and torch.compile wrappers."""
-        module = self.network.module if self.is_ddp else self.network
-        return module._orig_mod if isinstance(module, OptimizedModule) else module
+        return unwrap_module(self.network)
 
     def _get_deep_supervision_scales(self) -> list[list[float]] | None:
         if not self.enable_deep_supervision:
