@@ -6,11 +6,12 @@ and prediction runs sequentially (``-npp 0 -nps 0``).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -141,3 +142,32 @@ def synthetic_3d(nnunet_environment) -> SyntheticDatasetSpec:
         dataset_id=991, shape=(16, 48, 48), spacing=(3.0, 1.0, 1.0), num_training=10, num_test=2
     )
     return _prepared(nnunet_environment, spec, "3d_fullres")
+
+
+@pytest.fixture(scope="session")
+def copy_prepared_dataset(nnunet_environment):
+    """Factory: copy a prepared dataset (raw and preprocessed folders) under a new ID, for tests that change it.
+
+    ``copy_prepared_dataset(spec, dataset_id) -> spec of the copy``; the plans name the copy.
+    """
+
+    def copy(spec: SyntheticDatasetSpec, dataset_id: int) -> SyntheticDatasetSpec:
+        target = replace(spec, dataset_id=dataset_id)
+        for root in (nnunet_environment.raw, nnunet_environment.preprocessed):
+            shutil.copytree(root / spec.folder_name, root / target.folder_name)
+        for plans_file in (nnunet_environment.preprocessed / target.folder_name).glob("*Plans*.json"):
+            plans = json.loads(plans_file.read_text())
+            plans["dataset_name"] = target.folder_name
+            plans_file.write_text(json.dumps(plans, indent=4))
+        return target
+
+    return copy
+
+
+@pytest.fixture
+def nnunet_paths(monkeypatch, nnunet_environment) -> NNUNetEnvironment:
+    """The isolated nnU-Net environment's variables set in this process, for in-process nnU-Net calls."""
+    for name, value in nnunet_environment.env.items():
+        if name.startswith("nnUNet_"):
+            monkeypatch.setenv(name, value)
+    return nnunet_environment

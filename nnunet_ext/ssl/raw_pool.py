@@ -140,7 +140,7 @@ def _diagnose_unreadable(case: PoolCase, reader: BaseReaderWriter, error: Except
         except Exception as file_error:
             problems.append(f"{file}: cannot be read by {type(reader).__name__}: {file_error!r}")
             continue
-        geometry[file] = (tuple(data.shape[1:]), tuple(np.round(properties["spacing"], 6)))
+        geometry[file] = (tuple(data.shape[1:]), tuple(round(float(s), 6) for s in properties["spacing"]))
     if not problems and len(set(geometry.values())) > 1:
         reference_file, reference = next(iter(geometry.items()))
         for file, (shape, spacing) in geometry.items():
