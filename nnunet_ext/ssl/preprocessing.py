@@ -219,16 +219,18 @@ def _prepare_folder(folder: Path, manifest_file: Path, manifest: dict, overwrite
 
 
 def _remove_unfinished_and_stale(folder: Path, wanted: set[str]) -> set[str]:
-    """Delete staging folders, files of incomplete cases, and complete cases not in ``wanted``; returns the latter."""
+    """Delete staging folders, files of incomplete cases, and complete cases not in ``wanted`` (returned); files that
+    are not case files are left alone."""
     complete = completed_cases(folder)
     stale = complete - wanted
     for path in folder.iterdir():
         if path.is_dir():
-            shutil.rmtree(path)
+            if path.name.startswith(".") and path.name.endswith(".partial"):  # staging of an interrupted run
+                shutil.rmtree(path)
             continue
         suffix = next((s for s in sorted(CASE_FILE_SUFFIXES, key=len, reverse=True) if path.name.endswith(s)), "")
         case = path.name[: len(path.name) - len(suffix)] if suffix else None
-        if case not in complete or case in stale:
+        if case is not None and (case not in complete or case in stale):
             path.unlink()
     return stale
 
