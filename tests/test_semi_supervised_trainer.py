@@ -262,10 +262,13 @@ def start() -> None:
 
 def test_empty_and_mismatched_pools_stop_training_with_clear_messages(errors_dataset, scheme_environment):
     preprocessed = scheme_environment.preprocessed / errors_dataset.folder_name
+    (preprocessed / "nnUNetPlans_3d_fullres_unlabeled" / "real").mkdir(parents=True)  # another configuration's pool
     with pytest.raises(EmptyPoolError) as error:
         start()
-    assert "No unlabeled cases" in str(error.value) and "nnUNetv2_ext_preprocess_unlabeled -d ID" in str(error.value)
-    assert "nnUNetv2_ext_ssl_split -d ID --labeled-fraction" in str(error.value)
+    message = str(error.value)
+    assert "No unlabeled cases" in message and "nnUNetv2_ext_preprocess_unlabeled -d ID -c CONFIGURATION" in message
+    assert "nnUNetv2_ext_ssl_split -d ID --labeled-fraction" in message
+    assert "Pools exist for other plans/configurations only: nnUNetPlans_3d_fullres_unlabeled" in message
 
     raw = scheme_environment.raw / errors_dataset.folder_name
     (raw / "imagesUl").mkdir(exist_ok=True)

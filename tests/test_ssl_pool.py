@@ -23,6 +23,7 @@ from nnunet_ext.ssl.preprocessing import StalePoolError, completed_cases, prepro
 from nnunet_ext.ssl.raw_pool import PoolCase, PoolValidationError, find_pool_cases, read_pool_case
 
 POOL_DATASET_ID = 975
+POOL_3D_DATASET_ID = 974
 
 
 def write_png(path, image: np.ndarray) -> None:
@@ -235,3 +236,25 @@ def test_cli_reports_naming_errors_before_touching_the_pool(pool_dataset, nnunet
     )
     pool = nnunet_paths.preprocessed / pool_dataset.folder_name / "nnUNetPlans_2d_unlabeled" / "real"
     assert completed_cases(pool) == {"copy0", "copy1", "fresh"}
+
+
+def test_3d_pool_is_resampled_to_the_plans_spacing_like_training_images(
+    synthetic_3d, copy_prepared_dataset, nnunet_paths
+):
+    spec = copy_prepared_dataset(synthetic_3d, POOL_3D_DATASET_ID)
+    raw = nnunet_paths.raw / spec.folder_name
+    (raw / "imagesUl").mkdir()
+    shutil.copy(raw / "imagesTr" / "synth_tr_000_0000.nii.gz", raw / "imagesUl" / "copy_0000.nii.gz")
+    fine = synthetic_image((32, 48, 48), 5) * 1000  # 1.5 mm slices instead of the dataset's 3 mm
+    write_volume(raw / "imagesUl" / "fine_0000.nii.gz", fine, spacing=(1.0, 1.0, 1.5))
+
+    report = preprocess_pool(POOL_3D_DATASET_ID, "3d_fullres", pool="real", num_processes=0)
+    assert report.preprocessed == ["copy", "fine"] and not report.failed
+    preprocessed = nnunet_paths.preprocessed / spec.folder_name
+    pool = preprocessed / "nnUNetPlans_3d_fullres_unlabeled" / "real"
+    labeled = blosc2.open(str(preprocessed / "nnUNetPlans_3d_fullres" / "synth_tr_000.b2nd"))[:]
+    np.testing.assert_array_equal(blosc2.open(str(pool / "copy.b2nd"))[:], labeled)
+    plans = json.loads((preprocessed / "nnUNetPlans.json").read_text())
+    assert plans["configurations"]["3d_fullres"]["spacing"] == [3.0, 1.0, 1.0]
+    assert blosc2.open(str(pool / "fine.b2nd")).shape == (1, 16, 48, 48)  # 32 slices x 1.5 mm -> 16 x 3 mm
+    assert pickle.loads((pool / "fine.pkl").read_bytes())["spacing"] == [1.5, 1.0, 1.0]
