@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--num-processes",
         type=int,
         default=default_num_processes,
-        help="spawned worker processes (0: sequential in this process); default nnUNet_def_n_proc or 8",
+        help="spawned worker processes (0: sequential in this process); the default is nnUNet_def_n_proc, else 8",
     )
     parser.add_argument("--overwrite", action="store_true", help="preprocess every case again (also after new plans)")
     return parser

@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
         "-c",
         "--configuration",
         default=None,
-        help="configuration whose preprocessed data give the classes (default: the first preprocessed one)",
+        help="configuration whose preprocessed data give the classes (None: the first preprocessed one)",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing splits_ssl.json")
     return parser
