@@ -22,7 +22,7 @@ class nnUNetTrainerExtBase(nnUNetTrainer):
 
     - Deep-supervision scales come from the network (``network.deep_supervision_scales``, the network contract
       of :mod:`nnunet_ext.networks.common`), so targets match outputs for architectures whose decoder levels
-      differ from nnU-Net's plans.
+      differ from nnU-Net's plans; networks without that attribute (nnU-Net's own U-Nets) get nnU-Net's scales.
     - The schedule may be shortened through the environment (:mod:`nnunet_ext.trainers.schedule`).
 
     The ``__init__`` signature is nnU-Net's, unchanged: checkpoints store it as ``init_args``.
@@ -49,6 +49,7 @@ class nnUNetTrainerExtBase(nnUNetTrainer):
         return unwrap_module(self.network)
 
     def _get_deep_supervision_scales(self) -> list[list[float]] | None:
-        if not self.enable_deep_supervision:
-            return None
-        return self.unwrapped_network.deep_supervision_scales
+        network = self.unwrapped_network
+        if not self.enable_deep_supervision or not hasattr(network, "deep_supervision_scales"):
+            return super()._get_deep_supervision_scales()
+        return network.deep_supervision_scales
