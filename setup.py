@@ -37,6 +37,7 @@ class BuildPyWithStartupHook(build_py):
 COMMANDS = {
     "nnUNetv2_ext_demo": "nnunet_ext.cli.demo:main",
     "nnUNetv2_ext_benchmark": "nnunet_ext.cli.benchmark:main",
+    "nnUNetv2_ext_synthesize": "nnunet_ext.cli.synthesize:main",
 }
 
 setup(
@@ -53,6 +54,7 @@ setup(
         "numpy",
         "SimpleITK",
         "tqdm",
+        "monai>=1.4",
     ],
     extras_require={"test": ["pytest>=7"], "dev": ["pytest>=7", "ruff"]},
     entry_points={
