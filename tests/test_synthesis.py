@@ -57,14 +57,20 @@ def copy_dataset(environment, source_id: int, source_name: str, target_id: int) 
 
 @pytest.fixture(scope="module")
 def environment(nnunet_environment, synthetic_2d, synthetic_3d):
-    """The isolated nnU-Net folders as this process's environment; the copies of datasets 990 and 991."""
+    """The isolated nnU-Net folders as this process's environment; the copies of datasets 990 and 991.
+
+    The tiny networks run on one thread: at 32x32 a second one gains nothing, and it stalls on a busy machine.
+    """
     png = copy_dataset(nnunet_environment, synthetic_2d.dataset_id, synthetic_2d.folder_name, PNG_ID)
     nifti = copy_dataset(nnunet_environment, synthetic_3d.dataset_id, synthetic_3d.folder_name, NIFTI_ID)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     with pytest.MonkeyPatch.context() as patch:
         for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
             patch.setenv(name, nnunet_environment.env[name])
         patch.delenv("nnUNet_ext_vgg16_weights", raising=False)
         yield nnunet_environment, png, nifti
+    torch.set_num_threads(threads)
 
 
 def no_network(*args, **kwargs):

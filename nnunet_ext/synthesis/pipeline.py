@@ -256,7 +256,7 @@ def synthesize(options: SynthesisOptions) -> SynthesisResult:
     """Run the whole command; see the module docstring for what is written where.
 
     Raises:
-        SynthesisInputError: unusable inputs or a conflicting earlier run, always before anything is written.
+        SynthesisInputError: unusable inputs or a conflicting earlier run, always before any training or sampling.
     """
     started = time.perf_counter()
     if options.num_images < 0:
