@@ -112,9 +112,21 @@ def nnunet_loss(scales: list[list[float]]) -> nn.Module:
     return DeepSupervisionWrapper(loss, weights / weights.sum())
 
 
-def _resident_bytes() -> int:
+def memory_in_use(device: torch.device) -> int:
+    """Bytes in use now: memory allocated on a CUDA device, else the process's resident set size."""
+    if device.type == "cuda":
+        return torch.cuda.memory_allocated(device)
     with open("/proc/self/statm") as statm:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def peak_memory_mb(device: torch.device, baseline: int) -> float:
+    """Peak memory above ``baseline`` bytes: CUDA since the last ``reset_peak_memory_stats``, CPU peak RSS."""
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device)
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return (peak - baseline) / 2**20
 
 
 def measure_trainer(
@@ -131,7 +143,7 @@ def measure_trainer(
     measurement = Measurement(trainer_name)
     try:
         trainer_class = recursive_find_trainer_class_by_name(trainer_name)
-        memory_before = torch.cuda.memory_allocated(device) if device.type == "cuda" else _resident_bytes()
+        memory_before = memory_in_use(device)
         network = trainer_class.build_network_architecture(
             setting.plans_manager,
             setting.configuration_manager,
@@ -172,11 +184,7 @@ def measure_trainer(
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     measurement.train_step_ms = median_milliseconds(train_step, device, warmup, repeats)
-    if device.type == "cuda":
-        peak = torch.cuda.max_memory_allocated(device) - memory_before
-    else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - memory_before
-    measurement.peak_memory_mb = peak / 2**20
+    measurement.peak_memory_mb = peak_memory_mb(device, memory_before)
 
     network.eval()
     network.decoder.deep_supervision = False

@@ -41,9 +41,33 @@ def atomic_directory(target: str | os.PathLike, overwrite: bool = False) -> Iter
             shutil.rmtree(staging)
 
 
+@contextmanager
+def atomic_file(target: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``target`` that is renamed to ``target`` only when the block succeeds.
+
+    Readers see either the previous ``target`` or the complete new one, never a partly written file; on any
+    exception the temporary file is removed. The temporary name keeps ``target``'s file ending (writers that infer
+    the format from it work), behind a hidden prefix.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    suffix = ".partial" + "".join(target.suffixes)
+    handle, name = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=suffix, dir=target.parent)
+    os.close(handle)
+    temporary = Path(name)
+    try:
+        yield temporary
+        os.replace(temporary, target)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def atomic_write_text(target: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``target`` atomically (see :func:`atomic_file`)."""
+    with atomic_file(target) as temporary:
+        temporary.write_text(text)
+
+
 def write_json_atomically(path: str | os.PathLike, content: object) -> None:
-    """Write ``content`` as JSON to ``path`` through a temporary file beside it: ``path`` is complete or unchanged."""
-    path = Path(path)
-    staging = path.with_name(f".{path.name}.partial")
-    staging.write_text(json.dumps(content, indent=4))
-    os.replace(staging, path)
+    """Write ``content`` as JSON to ``path`` atomically: ``path`` is complete or unchanged."""
+    atomic_write_text(path, json.dumps(content, indent=4))

@@ -175,6 +175,18 @@ def _names(classes: set[Hashable]) -> str:
     return ", ".join(str(c) for c in sorted(classes, key=str))
 
 
+def load_or_create_splits_final(preprocessed_folder: Path, identifiers: Sequence[str]) -> list[dict]:
+    """nnU-Net's folds from ``splits_final.json``, created as nnU-Net's trainer creates it when missing
+    (``generate_crossval_split`` of the sorted ``identifiers``, seed 12345, 5 folds), so a later ``nnUNetv2_train``
+    uses the same folds."""
+    splits_file = Path(preprocessed_folder) / SPLITS_FINAL_FILE
+    if splits_file.is_file():
+        return json.loads(splits_file.read_text())
+    splits = generate_crossval_split(sorted(identifiers), seed=12345, n_splits=5)
+    write_json_atomically(splits_file, splits)
+    return splits
+
+
 def create_ssl_split_file(
     dataset_name_or_id: int | str,
     labeled_fraction: float | None = None,
@@ -202,10 +214,8 @@ def create_ssl_split_file(
         raise FileExistsError(f"{target} exists; pass --overwrite to replace it (models trained on it then differ)")
     labeled_folder = _labeled_folder(preprocessed, plans_identifier, configuration)
     splits_file = preprocessed / SPLITS_FINAL_FILE
-    if not splits_file.is_file():
-        identifiers = sorted(infer_dataset_class(str(labeled_folder)).get_identifiers(str(labeled_folder)))
-        write_json_atomically(splits_file, generate_crossval_split(identifiers, seed=12345, n_splits=5))
-    splits_final = json.loads(splits_file.read_text())
+    identifiers = infer_dataset_class(str(labeled_folder)).get_identifiers(str(labeled_folder))
+    splits_final = load_or_create_splits_final(preprocessed, identifiers)
     training = sorted({case for split in splits_final for case in split["train"]})
     missing = [case for case in training if not (labeled_folder / f"{case}.pkl").is_file()]
     if missing:
