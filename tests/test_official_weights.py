@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import subprocess
 import sys
@@ -268,6 +269,40 @@ def test_registry_has_the_issue_architectures_and_the_cli_lists_them():
     assert set(ARCHITECTURES) == {"cmunext", "cmunext_s", "cmunext_l", "gctx_unet", "gcgle"}
     with pytest.raises(ValueError, match="unknown architecture 'unet'"):
         official_architecture("unet")
+
+
+def test_gctx_unet_golden_weights_reproduce_the_official_output(tmp_path):
+    """Runs once ``nnunet_ext/official/gctx_unet.py`` exists; needs ``tests/golden/gctx_unet_mlp4.pt`` then."""
+    pytest.importorskip("nnunet_ext.official.gctx_unet")
+    golden = load_golden("gctx_unet_mlp4")
+    checkpoint = convert_file(tmp_path, golden["state_dict"], "--arch", "gctx_unet")
+    network = official_architecture("gctx_unet").build_network(3, 3)
+    network.load_state_dict(checkpoint["network_weights"])
+    with torch.no_grad():
+        output = network.eval()(golden["input"])
+    tolerance = 1e-4 * max(1.0, golden["output"].abs().max().item())
+    assert (output - golden["output"]).abs().max().item() <= tolerance
+
+
+def test_gcgle_maps_every_used_official_tensor_and_lists_the_unused():
+    """Runs once ``nnunet_ext/official/gcgle.py`` exists: a synthetic state dict with the official names and shapes."""
+    pytest.importorskip("nnunet_ext.official.gcgle")
+    listing = json.loads((GOLDEN / "gcgle_r4_official_state_dict_keys.json").read_text())["tensors"]
+    official = random_state_dict({entry["name"]: tuple(entry["shape"]) for entry in listing})
+    conversion = convert_state_dict(official_architecture("gcgle"), official, input_channels=3, num_classes=9)
+    # buffers carry no flag: they are used where their module's parameters are
+    unused_modules = {entry["name"].rsplit(".", 1)[0] for entry in listing if entry.get("used_in_forward") is False}
+    used = {
+        entry["name"]
+        for entry in listing
+        if entry.get("used_in_forward")
+        or (entry.get("buffer") and entry["name"].rsplit(".", 1)[0] not in unused_modules)
+    }
+    assert set(conversion.mapped) == used
+    assert set(conversion.unused) == set(official) - used
+    for source, target in conversion.mapped.items():
+        landed, sent = conversion.state_dict[target].flatten(), official[source].flatten()
+        assert torch.equal(landed.sort().values, sent.sort().values), f"{source} -> {target}"
 
 
 class TinyNetwork(nn.Module):
