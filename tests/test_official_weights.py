@@ -425,4 +425,4 @@ def test_fine_tuning_through_nnunet_loads_the_converted_weights(nnunet_environme
     assert trained.keys() == start.keys()
     for name in ("encoder.stages.4.0.fn.0.weight", "decoder.fusions.0.2.0.weight"):
         change = (trained[name] - start[name]).norm() / start[name].norm()
-        assert change < 0.5, f"{name} moved {change:.2f} of its norm: not trained from the converted weights"
+        assert change < 0.1, f"{name} moved {change:.2f} of its norm: not trained from the converted weights"
