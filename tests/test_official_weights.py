@@ -220,9 +220,12 @@ def test_other_class_count_keeps_our_initialised_heads_and_loads_through_nnunet(
     checkpoint = convert_file(tmp_path, golden["state_dict"], "--arch", "cmunext_s", "--num-classes", "4")
     weights = checkpoint["network_weights"]
     assert weights["decoder.seg_heads.3.weight"].shape == (4, 8, 1, 1)
-    assert "our default initialisation for decoder.seg_heads.3: the official head has 2 classes, the network 4" in (
-        capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert (
+        "our default initialisation for decoder.seg_heads.3: the official head has 2 classes, the network 4" in printed
     )
+    assert "official head tensors not transferred (2 classes, the network 4): Conv_1x1.weight, Conv_1x1.bias" in printed
+    assert checkpoint[CONVERSION_KEY]["not_transferred"] == ["Conv_1x1.weight", "Conv_1x1.bias"]
     again = convert_file(tmp_path, golden["state_dict"], "--arch", "cmunext_s", "--num-classes", "4", name="2.pth")
     assert all(torch.equal(weights[k], again["network_weights"][k]) for k in weights), "heads are seeded"
 

@@ -50,6 +50,7 @@ class Conversion:
         mapped: official name -> our name, for every official tensor copied.
         unused: official names the official forward does not use (not copied).
         initialised: our name -> why it holds our default initialisation instead of an official tensor.
+        not_transferred: official head tensors not copied because the class counts differ.
         input_channels, num_classes: the network the state dict is for.
         official_classes: class count of the official segmentation head (None if it has none we map).
     """
@@ -58,6 +59,7 @@ class Conversion:
     mapped: dict[str, str]
     unused: list[str]
     initialised: dict[str, str]
+    not_transferred: list[str]
     input_channels: int
     num_classes: int
     official_classes: int | None
@@ -69,6 +71,11 @@ class Conversion:
             f"({self.input_channels} input channels, {self.num_classes} classes)"
         ]
         lines.append(f"unused official tensors ({len(self.unused)}): " + (", ".join(self.unused) or "none"))
+        if self.not_transferred:
+            lines.append(
+                f"official head tensors not transferred ({self.official_classes} classes, the network "
+                f"{self.num_classes}): {', '.join(self.not_transferred)}"
+            )
         heads: dict[str, list[str]] = {}
         for name, reason in self.initialised.items():
             module = name.rsplit(".", 1)[0]
@@ -228,7 +235,7 @@ def convert_state_dict(
         _, probe = _network_and_key_map(architecture, official, input_channels, 1)
         num_classes = _official_class_count(probe, official)
         if num_classes is None:
-            raise ValueError("the official weights map onto no segmentation head: pass the class count explicitly")
+            raise ValueError("the official weights map onto no segmentation head: pass --num-classes")
     network, key_map = _network_and_key_map(architecture, official, input_channels, num_classes)
     official_classes = _official_class_count(key_map, official)
     ours = network.state_dict()
@@ -236,10 +243,12 @@ def convert_state_dict(
     state_dict: dict[str, torch.Tensor] = {}
     mapped: dict[str, str] = {}
     initialised: dict[str, str] = {}
+    not_transferred: list[str] = []
     for source, target in key_map.mapping.items():
         tensor = _official_tensor(key_map, official, source)
         if target.startswith(SEGMENTATION_HEADS) and official_classes != num_classes:
             initialised[target] = f"the official head has {official_classes} classes, the network {num_classes}"
+            not_transferred.append(source)
             continue
         if tensor.shape != ours[target].shape:
             raise ValueError(
@@ -259,7 +268,16 @@ def convert_state_dict(
     initialised.update({name: "no official counterpart (deep-supervision heads)" for name in unfilled})
     state_dict.update({name: ours[name] for name in initialised})
     ordered = {name: state_dict[name] for name in ours}
-    return Conversion(ordered, mapped, list(key_map.unused), initialised, input_channels, num_classes, official_classes)
+    return Conversion(
+        ordered,
+        mapped,
+        list(key_map.unused),
+        initialised,
+        not_transferred,
+        input_channels,
+        num_classes,
+        official_classes,
+    )
 
 
 def write_pretrained_weights(
@@ -284,6 +302,7 @@ def write_pretrained_weights(
         "mapped": conversion.mapped,
         "unused": conversion.unused,
         "initialised": conversion.initialised,
+        "not_transferred": conversion.not_transferred,
     }
     with atomic_file(path) as temporary:
         torch.save({"network_weights": conversion.state_dict, CONVERSION_KEY: record}, temporary)
