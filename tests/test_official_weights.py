@@ -174,27 +174,35 @@ def test_files_without_a_state_dict_or_with_python_objects_are_refused(tmp_path)
         load_official_state_dict(tmp_path / "missing.pth")
 
 
-def test_shape_mismatch_names_both_tensors():
-    official = dict(load_golden("cmunext_s")["state_dict"])
-    official["encoder3.block.0.1.weight"] = torch.zeros(63, 16, 1, 1)
-    with pytest.raises(
-        ValueError,
-        match=r"official tensor encoder3\.block\.0\.1\.weight has shape \(63, 16, 1, 1\), "
-        r"but our encoder\.stages\.2\.1\.0\.weight needs \(64, 16, 1, 1\)",
-    ):
-        convert_state_dict(official_architecture("cmunext_s"), official)
-
-
-def test_wrong_architecture_or_input_channels_is_an_error_naming_the_tensor():
-    official = load_golden("cmunext_s")["state_dict"]
-    with pytest.raises(ValueError, match=r"official tensor stem\.conv\.0\.weight has shape \(8, 3, 3, 3\)"):
-        convert_state_dict(official_architecture("cmunext_s"), official, input_channels=1)
-    with pytest.raises(
-        ValueError,
-        match=r"stem\.conv\.0\.weight has shape \(8, 3, 3, 3\), but our "
-        r"encoder\.stem\.0\.weight needs \(16, 3, 3, 3\)",
-    ):
-        convert_state_dict(official_architecture("cmunext"), official)
+@pytest.mark.parametrize(
+    ("arch", "replaced", "input_channels", "message"),
+    [
+        (
+            "cmunext_s",
+            {"encoder3.block.0.1.weight": (63, 16, 1, 1)},
+            3,
+            "official tensor encoder3.block.0.1.weight has shape (63, 16, 1, 1), but our encoder.stages.2.1.0.weight "
+            "needs (64, 16, 1, 1)",
+        ),
+        (
+            "cmunext_s",
+            {},
+            1,
+            "official tensor stem.conv.0.weight has shape (8, 3, 3, 3), but our encoder.stem.0.weight",
+        ),
+        (
+            "cmunext",
+            {},
+            3,
+            "stem.conv.0.weight has shape (8, 3, 3, 3), but our encoder.stem.0.weight needs (16, 3, 3, 3)",
+        ),
+    ],
+    ids=["changed_tensor", "other_input_channels", "other_architecture"],
+)
+def test_shape_mismatch_names_both_tensors(arch, replaced, input_channels, message):
+    official = load_golden("cmunext_s")["state_dict"] | {name: torch.zeros(shape) for name, shape in replaced.items()}
+    with pytest.raises(ValueError, match=re.escape(message)):
+        convert_state_dict(official_architecture(arch), official, input_channels=input_channels)
 
 
 def test_unknown_and_missing_official_tensors_are_errors_naming_them():
