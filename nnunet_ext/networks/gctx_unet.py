@@ -422,7 +422,8 @@ class GCtxEncoder(nn.Module):
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         if tuple(x.shape[2:]) != self.patch_size:
             raise ValueError(
-                f"GCtx-UNet was built for patches of {self.patch_size} (its windows depend on it), got {tuple(x.shape[2:])}"
+                f"GCtx-UNet was built for patches of {self.patch_size} (its windows depend on it), "
+                f"got {tuple(x.shape[2:])}"
             )
         pad = (self.padded_size[0] - x.shape[2], self.padded_size[1] - x.shape[3])
         if any(pad):
@@ -478,9 +479,7 @@ class GCtxDecoder(SegmentationDecoder):
             )
             for k in range(n)
         )
-        self.concat_back_dim = nn.ModuleList(
-            [nn.Identity()] + [nn.Linear(2 * dims[k], dims[k]) for k in range(1, n)]
-        )
+        self.concat_back_dim = nn.ModuleList([nn.Identity()] + [nn.Linear(2 * dims[k], dims[k]) for k in range(1, n)])
         self.norm_up = nn.LayerNorm(embed_dim)
         self.up = PatchUnembed(embed_dim)
 
@@ -604,4 +603,3 @@ def checkpoint_state_dict(checkpoint: Mapping) -> Mapping[str, torch.Tensor]:
         if key in checkpoint and isinstance(checkpoint[key], Mapping):
             return checkpoint[key]
     return checkpoint
-
