@@ -204,7 +204,7 @@ def test_wrong_input_size_and_3d_patches_are_refused_with_clear_messages():
     with pytest.raises(ValueError, match="2D network"):
         GCtxUNet(1, 2, patch_size=(32, 64, 64))
     setting = setting_from_preset("3d_96")
-    with pytest.raises(ValueError, match="GCtx-UNet is a 2D network.*nnUNetTrainerGCTUNet"):
+    with pytest.raises(ValueError, match=r"GCtx-UNet is a 2D network.*nnUNetTrainerGCTUNet"):
         nnUNetTrainerGCTxUNet.build_network_architecture(
             setting.plans_manager, setting.configuration_manager, 1, 2, True
         )
