@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from nnunet_ext.benchmark.measure import measure_trainer
 from nnunet_ext.benchmark.presets import setting_from_preset
 from nnunet_ext.networks.gctx_unet import (
     OFFICIAL_MODULES,
@@ -269,3 +270,8 @@ def test_pretrained_three_channel_embedding_is_summed_for_gray_input_and_missing
     monkeypatch.setenv(PRETRAINED_VARIABLE, str(tmp_path / "absent.pth"))
     with pytest.raises(FileNotFoundError, match=PRETRAINED_VARIABLE):
         load_pretrained_from_environment(gray)
+
+
+def test_benchmark_row_of_gctx_unet_in_3d_names_the_reason():
+    row = measure_trainer("nnUNetTrainerGCTxUNet", setting_from_preset("3d_96"), "cpu", warmup=0, repeats=1, threads=1)
+    assert row["error"] is not None and "GCtx-UNet is a 2D network" in row["error"]
