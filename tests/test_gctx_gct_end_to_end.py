@@ -1,4 +1,8 @@
-"""GCtx-UNet and GCT-UNet through the literal nnU-Net commands (shortened schedule): train, predict."""
+"""GCtx-UNet and GCT-UNet through the literal nnU-Net commands (shortened schedule): train, predict.
+
+GCT-UNet in 3D (anisotropic plans) is covered by tests/test_gct_unet.py at network level; a 3D CLI run is left out
+to keep the suite's time on 2 cores.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,6 @@ import subprocess
 import sys
 
 import numpy as np
-import SimpleITK as sitk
 import torch
 from conftest import SHORT_SCHEDULE
 from PIL import Image
@@ -39,20 +42,14 @@ def test_gctx_unet_2d_train_and_predict(nnunet_environment, synthetic_2d, tmp_pa
     assert_predictions_2d(env.predict(spec, "2d", trainer, tmp_path / "pred"), spec)
 
 
-def test_gct_unet_2d_and_3d_train_and_predict(nnunet_environment, synthetic_2d, synthetic_3d, tmp_path):
-    env, trainer = nnunet_environment, "nnUNetTrainerGCTUNet"
-    fold = env.train(synthetic_2d.dataset_id, "2d", trainer)
-    weights = load_checkpoint(fold)["network_weights"]
-    assert weights["encoder.gcts.0.spatial_gate.weight"].ndim == 4
-    assert_predictions_2d(env.predict(synthetic_2d, "2d", trainer, tmp_path / "pred2d"), synthetic_2d)
-
-    fold = env.train(synthetic_3d.dataset_id, "3d_fullres", trainer)
-    weights = load_checkpoint(fold)["network_weights"]
-    assert weights["decoder.skip_gcts.0.spatial_gate.weight"].ndim == 5
-    predictions = env.predict(synthetic_3d, "3d_fullres", trainer, tmp_path / "pred3d")
-    for index in range(synthetic_3d.num_test):
-        predicted = sitk.ReadImage(str(predictions / f"synth_ts_{index:03d}.nii.gz"))
-        assert sitk.GetArrayFromImage(predicted).shape == synthetic_3d.shape
+def test_gct_unet_2d_train_and_predict(nnunet_environment, synthetic_2d, tmp_path):
+    env, spec, trainer = nnunet_environment, synthetic_2d, "nnUNetTrainerGCTUNet"
+    fold = env.train(spec.dataset_id, "2d", trainer)
+    checkpoint = load_checkpoint(fold)
+    assert checkpoint["trainer_name"] == trainer and checkpoint["current_epoch"] == 2
+    assert checkpoint["network_weights"]["encoder.gcts.0.spatial_gate.weight"].ndim == 4
+    assert "momentum" in checkpoint["optimizer_state"]["param_groups"][0]  # nnU-Net's SGD
+    assert_predictions_2d(env.predict(spec, "2d", trainer, tmp_path / "pred2d"), spec)
 
 
 def test_gctx_unet_3d_configuration_stops_at_once_with_a_clear_message(nnunet_environment, synthetic_3d):
