@@ -351,9 +351,9 @@ class GCViTLayer(nn.Module):
 class EncoderLevel(GCViTLayer):
     """GC-ViT layer followed by ReduceSize (C -> 2C, /2) unless it is the last level."""
 
-    def __init__(self, *args, downsample: bool, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.downsample = ReduceSize(args[0]) if downsample else None
+    def __init__(self, dim: int, *args, downsample: bool, **kwargs):
+        super().__init__(dim, *args, **kwargs)
+        self.downsample = ReduceSize(dim) if downsample else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.run_blocks(x)
@@ -363,9 +363,9 @@ class EncoderLevel(GCViTLayer):
 class DecoderLevel(GCViTLayer):
     """GC-ViT layer followed by UpSize (C -> C/2, x2) unless it is the last level."""
 
-    def __init__(self, *args, upsample: bool, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.upsample = UpSize(args[0]) if upsample else None
+    def __init__(self, dim: int, *args, upsample: bool, **kwargs):
+        super().__init__(dim, *args, **kwargs)
+        self.upsample = UpSize(dim) if upsample else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.run_blocks(x)
@@ -526,7 +526,6 @@ class GCtxUNet(SegmentationNetwork):
         deep_supervision: bool = False,
     ):
         patch_size = tuple(int(s) for s in patch_size)
-        padded_size(patch_size)
         drop_paths = torch.linspace(0, drop_path_rate, sum(DEPTHS)).tolist()
         super().__init__(
             GCtxEncoder(input_channels, patch_size, embed_dim, num_heads, mlp_ratio, drop_paths, repeat_grayscale),
