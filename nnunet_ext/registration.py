@@ -19,6 +19,9 @@ TRAINERS: dict[str, str] = {
     "nnUNetTrainerCMUNeXt": "nnunet_ext.trainers.cmunext:nnUNetTrainerCMUNeXt",
     "nnUNetTrainerCMUNeXt_S": "nnunet_ext.trainers.cmunext:nnUNetTrainerCMUNeXt_S",
     "nnUNetTrainerCMUNeXt_L": "nnunet_ext.trainers.cmunext:nnUNetTrainerCMUNeXt_L",
+    "nnUNetTrainerGCTxUNet": "nnunet_ext.trainers.gctx_unet:nnUNetTrainerGCTxUNet",
+    "nnUNetTrainerGCTxUNet_MLP3": "nnunet_ext.trainers.gctx_unet:nnUNetTrainerGCTxUNet_MLP3",
+    "nnUNetTrainerGCTUNet": "nnunet_ext.trainers.gct_unet:nnUNetTrainerGCTUNet",
 }
 
 
