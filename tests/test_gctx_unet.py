@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+from pathlib import Path
 
 import pytest
 import torch
@@ -28,7 +29,7 @@ from nnunet_ext.trainers.gctx_unet import (
     nnUNetTrainerGCTxUNet_MLP3,
 )
 
-GOLDEN = "/work/shared/golden/gctx_unet_mlp4.pt"
+GOLDEN = Path(__file__).parent / "golden" / "gctx_unet_mlp4.pt"
 
 
 def core_parameters(network: GCtxUNet) -> int:

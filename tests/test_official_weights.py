@@ -283,8 +283,6 @@ def test_registry_has_the_issue_architectures_and_the_cli_lists_them():
 
 
 def test_gctx_unet_golden_weights_reproduce_the_official_output(tmp_path):
-    """Runs once ``nnunet_ext/official/gctx_unet.py`` exists; needs ``tests/golden/gctx_unet_mlp4.pt`` then."""
-    pytest.importorskip("nnunet_ext.official.gctx_unet")
     golden = load_golden("gctx_unet_mlp4")
     checkpoint = convert_file(tmp_path, golden["state_dict"], "--arch", "gctx_unet")
     network = official_architecture("gctx_unet").build_network(3, 3)
