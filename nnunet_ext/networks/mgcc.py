@@ -246,17 +246,23 @@ class MGCCNetwork(SegmentationNetwork):
             decoder.deep_supervision = False
 
     def forward(self, x: torch.Tensor):
+        if not self.training:
+            return self.forward_main(x)
         skips = self.encoder(x)
         bottleneck = skips[-1]
-        if not self.training:
-            for block in self.global_context:
-                bottleneck = block(bottleneck)
-            return self.decoder([*skips[:-1], bottleneck])
         aux = []
         for block, decoder, perturb in zip(self.global_context, self.aux_decoders, AUX_PERTURBATIONS):
             aux.append(decoder([perturb(skip) for skip in (*skips[:-1], bottleneck)]))
             bottleneck = block(bottleneck)
         return (self.decoder([*skips[:-1], bottleneck]), *aux)
+
+    def forward_main(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        """The inference path in any mode: encoder, the three ConvMixer blocks, main decoder (no perturbation)."""
+        skips = self.encoder(x)
+        bottleneck = skips[-1]
+        for block in self.global_context:
+            bottleneck = block(bottleneck)
+        return self.decoder([*skips[:-1], bottleneck])
 
 
 def bottleneck_channels_of(encoder: nn.Module, input_channels: int, patch_size: Sequence[int]) -> int:
