@@ -21,6 +21,12 @@ from nnunet_ext.trainers.semi_supervised import CHECKPOINT_KEY
 
 MGCC_DATASET_ID = 973
 TRAINER = "nnUNetTrainerMGCC"
+#: the published network (122 M parameters) is slow on a CPU: 2 epochs of 3 iterations, batch 1 + 1, 64^2 patches
+SCHEDULE = {
+    **SHORT_SCHEDULE,
+    "nnUNet_ext_num_iterations_per_epoch": "3",
+    "nnUNet_ext_num_val_iterations_per_epoch": "1",
+}
 
 
 def fast_ramp(iteration: int) -> float:
@@ -30,12 +36,13 @@ def fast_ramp(iteration: int) -> float:
 
 @pytest.fixture(scope="module")
 def mgcc_dataset(synthetic_2d, copy_prepared_dataset, nnunet_environment):
-    """Copy of the 2D dataset with batch size 4 (2 labeled + 2 unlabeled), 2 imagesUl cases, a 50 % ssl split."""
+    """Copy of the 2D dataset with patch 64^2 and batch size 2 (1 labeled + 1 unlabeled), 2 imagesUl cases, a 50 %
+    ssl split."""
     env = nnunet_environment
     spec = copy_prepared_dataset(synthetic_2d, MGCC_DATASET_ID)
     plans_file = env.preprocessed / spec.folder_name / "nnUNetPlans.json"
     plans = json.loads(plans_file.read_text())
-    plans["configurations"]["2d"]["batch_size"] = 4
+    plans["configurations"]["2d"].update(batch_size=2, patch_size=[64, 64])
     plans_file.write_text(json.dumps(plans, indent=4))
     unlabeled = env.raw / spec.folder_name / "imagesUl"
     unlabeled.mkdir()
@@ -49,10 +56,10 @@ def mgcc_dataset(synthetic_2d, copy_prepared_dataset, nnunet_environment):
 
 def test_ssl_split_preprocess_train_predict(mgcc_dataset, nnunet_environment, tmp_path):
     env, spec = nnunet_environment, mgcc_dataset
-    fold = env.train(MGCC_DATASET_ID, "2d", TRAINER)
+    fold = env.train(MGCC_DATASET_ID, "2d", TRAINER, schedule=SCHEDULE)
 
     checkpoint = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
-    assert checkpoint["trainer_name"] == TRAINER and checkpoint[CHECKPOINT_KEY]["global_iteration"] == 8
+    assert checkpoint["trainer_name"] == TRAINER and checkpoint[CHECKPOINT_KEY]["global_iteration"] == 6
     weights = checkpoint["network_weights"]
     assert weights["global_context.2.0.fn.0.weight"].shape == (1024, 1, 7, 7)
     assert {key.split(".")[1] for key in weights if key.startswith("aux_decoders.")} == {"0", "1", "2"}
@@ -60,7 +67,9 @@ def test_ssl_split_preprocess_train_predict(mgcc_dataset, nnunet_environment, tm
     assert logged["train_loss_consistency_weight"] == pytest.approx([consistency_weight(0)] * 2)
     assert all(np.isfinite(logged["train_loss_supervised"])) and all(np.isfinite(logged["train_loss_consistency"]))
     log = "".join(path.read_text() for path in fold.glob("training_log_*.txt"))
-    assert "(4 split, 2 real, 0 synthetic); per step 2 labeled + 2 unlabeled" in log
+    ssl_fold = json.loads((env.preprocessed / spec.folder_name / "splits_ssl.json").read_text())["folds"][0]
+    pool = f"({len(ssl_fold['unlabeled'])} split, 2 real, 0 synthetic); per step 1 labeled + 1 unlabeled"
+    assert len(ssl_fold["labeled"]) == len(ssl_fold["unlabeled"]) > 0 and pool in log
     assert (fold / "validation" / "summary.json").is_file() and (fold / "progress_ssl.png").is_file()
 
     predictions = env.predict(spec, "2d", TRAINER, tmp_path / "pred")
@@ -71,21 +80,21 @@ def test_ssl_split_preprocess_train_predict(mgcc_dataset, nnunet_environment, tm
 
 def test_resume_continues_the_ramp_from_the_saved_iteration(mgcc_dataset, nnunet_paths, monkeypatch):
     fold = nnunet_paths.results / mgcc_dataset.folder_name / f"{TRAINER}__nnUNetPlans__2d" / "fold_0"
-    for name, value in SHORT_SCHEDULE.items():
+    for name, value in SCHEDULE.items():
         monkeypatch.setenv(name, value)
     if not (fold / "checkpoint_final.pth").is_file():
-        nnunet_paths.train(MGCC_DATASET_ID, "2d", TRAINER)
+        nnunet_paths.train(MGCC_DATASET_ID, "2d", TRAINER, schedule=SCHEDULE)
     monkeypatch.setattr(nnunet_trainer_module, "default_num_processes", 1)
     monkeypatch.setattr(mgcc_trainers, "consistency_weight", fast_ramp)
 
     trainer = get_trainer_from_args(str(MGCC_DATASET_ID), "2d", 0, TRAINER, continue_training=True,
                                     device=torch.device("cpu"))  # fmt: skip
     maybe_load_checkpoint(trainer, continue_training=True, validation_only=False)
-    assert trainer.current_epoch == 2 and trainer.global_iteration == 8
+    assert trainer.current_epoch == 2 and trainer.global_iteration == 6
     trainer.num_epochs = 3
     trainer.run_training()
 
     resumed = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
-    assert resumed[CHECKPOINT_KEY]["global_iteration"] == 12
+    assert resumed[CHECKPOINT_KEY]["global_iteration"] == 9
     ramp = resumed["logging"]["train_loss_consistency_weight"]
-    assert len(ramp) == 3 and ramp[2] == pytest.approx(np.mean([fast_ramp(i) for i in range(8, 12)]))
+    assert len(ramp) == 3 and ramp[2] == pytest.approx(np.mean([fast_ramp(i) for i in range(6, 9)]))
