@@ -72,7 +72,10 @@ def test_ssl_split_preprocess_train_predict(mgcc_dataset, nnunet_environment, tm
     assert len(ssl_fold["labeled"]) == len(ssl_fold["unlabeled"]) > 0 and pool in log
     assert (fold / "validation" / "summary.json").is_file() and (fold / "progress_ssl.png").is_file()
 
-    predictions = env.predict(spec, "2d", TRAINER, tmp_path / "pred")
+    predictions = tmp_path / "pred"
+    env.run("nnUNetv2_predict", "-i", str(env.raw / spec.folder_name / "imagesTs"), "-o", str(predictions),
+            "-d", str(MGCC_DATASET_ID), "-c", "2d", "-tr", TRAINER, "-f", "0", "-device", "cpu", "-npp", "0",
+            "-nps", "0", "--disable_tta")  # fmt: skip
     for index in range(spec.num_test):
         predicted = np.array(Image.open(predictions / f"synth_ts_{index:03d}.png"))
         assert predicted.shape == spec.shape and set(np.unique(predicted)) <= {0, 1, 2, 3}
