@@ -187,7 +187,7 @@ def test_a_decoder_holding_the_encoder_is_refused():
         MGCCNetwork(SegmentationNetwork(encoder, Holding(encoder)), [Holding(encoder) for _ in range(3)], 4)
 
 
-@pytest.mark.parametrize(("shape", "conv_op"), [((32, 48), nn.Conv2d), ((8, 16, 16), nn.Conv3d)])
+@pytest.mark.parametrize(("shape", "conv_op"), [((32, 48), nn.Conv2d), ((16, 16, 32), nn.Conv3d)])
 def test_mgcc_on_cmunext_in_2d_and_3d(shape, conv_op):
     build = lambda: cmunext("cmunext_s", 2, 4, conv_op=conv_op)  # noqa: E731
     network = mgcc_from_backbones(build, 2, shape)
