@@ -13,6 +13,10 @@ Generalisations (none changes the published 2D network):
   anisotropic nnU-Net plans (e.g. no pooling along z in early stages) work; default 2 on every axis.
 - A config with fewer stages (:meth:`CMUNeXtConfig.truncated`) serves patches too small for four poolings.
 - With ``deep_supervision`` every decoder level gets a 1x1 head (the original has only the final one).
+
+Implementation detail: the encoder converts its input to channels-last memory layout (same values), which every
+layer then inherits; on CPU this makes the train step several times faster (see
+:func:`~nnunet_ext.networks.common.to_channels_last`).
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from nnunet_ext.networks.common import (
     conv_dimension,
     cumulative_scales,
     interpolation_mode,
+    to_channels_last,
 )
 
 
@@ -156,7 +161,7 @@ class CMUNeXtEncoder(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        skips = [self.stages[0](self.stem(x))]
+        skips = [self.stages[0](self.stem(to_channels_last(x)))]
         for pool, stage in zip(self.pools, self.stages[1:]):
             skips.append(stage(pool(skips[-1])))
         return skips
