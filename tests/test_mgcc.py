@@ -4,6 +4,7 @@ official code, the generalisation to softmax labels, main-only inference, MGCC o
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -26,7 +27,7 @@ from nnunet_ext.networks.mgcc import (
 from nnunet_ext.ssl.mgcc_loss import MGCCObjective, MGCCSupervisedLoss, consistency_loss, consistency_weight
 from nnunet_ext.trainers.mgcc import nnUNetTrainerMGCC, nnUNetTrainerMGCC_CMUNeXt
 
-GOLDEN = "/work/shared/golden/mgcc_losses.pt"
+GOLDEN = Path(__file__).parent / "golden" / "mgcc_losses.pt"
 
 
 def small_mgcc(input_channels: int = 2, num_classes: int = 3, conv_op=nn.Conv2d, deep_supervision=False):
