@@ -24,6 +24,7 @@ from nnunet_ext.networks.mgcc import (
     mgcc_from_backbones,
     mgcc_unet,
 )
+from nnunet_ext.registration import TRAINERS, find_registered_trainer
 from nnunet_ext.ssl.mgcc_loss import MGCCObjective, MGCCSupervisedLoss, consistency_loss, consistency_weight
 from nnunet_ext.trainers.mgcc import nnUNetTrainerMGCC, nnUNetTrainerMGCC_CMUNeXt
 
@@ -301,3 +302,24 @@ def test_consistency_gradient_flows_into_main_and_auxiliary_heads():
 def test_softmax_training_needs_two_channels():
     with pytest.raises(ValueError, match="at least 2 output channels"):
         MGCCSupervisedLoss(False)(torch.randn(1, 1, 4, 4), torch.zeros(1, 1, 4, 4))
+
+
+MGCC_COMBINATIONS = sorted(name for name in TRAINERS if name.startswith("nnUNetTrainerMGCC_"))
+
+
+@pytest.mark.parametrize("trainer_name", MGCC_COMBINATIONS)
+def test_every_registered_combination_trains_four_heads_and_infers_with_the_main_decoder(trainer_name):
+    """Covers each ``nnUNetTrainerMGCC_<architecture>`` as soon as it is registered."""
+    setting = setting_from_preset("2d_224", batch_size=2)
+    trainer = find_registered_trainer(trainer_name)
+    network = trainer.build_network_architecture(setting.plans_manager, setting.configuration_manager, 3, 9, True)
+    assert isinstance(network, MGCCNetwork) and len(network.aux_decoders) == 3
+    x = torch.randn(2, 3, 224, 224)
+    main, *aux = network.train()(x)
+    assert main[0].shape == (2, 9, 224, 224) and all(a.shape == (2, 9, 224, 224) for a in aux)
+    called = []
+    for decoder in network.aux_decoders:
+        decoder.register_forward_hook(lambda *_: called.append("aux"))
+    network.decoder.deep_supervision = False
+    with torch.no_grad():
+        assert network.eval()(x[:1]).shape == (1, 9, 224, 224) and not called
