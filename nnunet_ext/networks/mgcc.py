@@ -272,7 +272,7 @@ class MGCCNetwork(SegmentationNetwork):
 def bottleneck_channels_of(encoder: nn.Module, input_channels: int, patch_size: Sequence[int]) -> int:
     """Channels of the last skip ``encoder`` gives for a ``patch_size`` input (shape propagation on the meta device;
     the encoder itself is not run)."""
-    probe = copy.deepcopy(encoder).to("meta")
+    probe = copy.deepcopy(encoder).to("meta").eval()  # eval: batch norm accepts a single value per channel
     with torch.no_grad():
         skips = probe(torch.empty(1, input_channels, *patch_size, device="meta"))
     return int(skips[-1].shape[1])
