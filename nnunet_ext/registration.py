@@ -22,6 +22,8 @@ TRAINERS: dict[str, str] = {
     "nnUNetTrainerGCTxUNet": "nnunet_ext.trainers.gctx_unet:nnUNetTrainerGCTxUNet",
     "nnUNetTrainerGCTxUNet_MLP3": "nnunet_ext.trainers.gctx_unet:nnUNetTrainerGCTxUNet_MLP3",
     "nnUNetTrainerGCTUNet": "nnunet_ext.trainers.gct_unet:nnUNetTrainerGCTUNet",
+    "nnUNetTrainerMGCC": "nnunet_ext.trainers.mgcc:nnUNetTrainerMGCC",
+    "nnUNetTrainerMGCC_CMUNeXt": "nnunet_ext.trainers.mgcc:nnUNetTrainerMGCC_CMUNeXt",
 }
 
 

@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import pytest
 
 from nnunet_ext.benchmark.measure import measure_trainer
-from nnunet_ext.benchmark.presets import setting_from_plans, setting_from_preset
-from nnunet_ext.cli.benchmark import format_table
+from nnunet_ext.benchmark.presets import (
+    BenchmarkPreset,
+    BenchmarkSetting,
+    plans_for_preset,
+    setting_from_plans,
+    setting_from_preset,
+)
+from nnunet_ext.cli.benchmark import format_scheme_table, format_table
 
 
 def test_preset_2d_256_is_nnunets_default_network_of_the_reference():
@@ -84,3 +91,30 @@ def test_plans_file_setting_takes_channels_and_classes_from_dataset_json(tmp_pat
     assert (from_plans.input_channels, from_plans.num_classes, from_plans.batch_size) == (2, 3, 4)
     with pytest.raises(ValueError, match="no configuration '3d_fullres'"):
         setting_from_plans(tmp_path / "nnUNetPlans.json", "3d_fullres")
+
+
+def test_mgcc_is_measured_against_supervised_training_of_the_same_network():
+    preset = BenchmarkPreset(patch_size=(64, 64), batch_size=2, input_channels=3, num_classes=2)
+    setting = BenchmarkSetting("tiny", plans_for_preset("tiny", preset), "tiny", 2, 3, 2)
+    row = measure_trainer("nnUNetTrainerMGCC_CMUNeXt", setting, "cpu", warmup=0, repeats=1, threads=1)
+    assert row["error"] is None and row["network"] == "MGCCNetwork"
+    assert 0 < row["supervised_step_ms"] < row["train_step_ms"]
+    # inference runs encoder + ConvMixer chain + main decoder: CMUNeXt's 3,149,185 (1 class) + 1 more class head
+    # channel + 3 x 3 ConvMixer layers on CMUNeXt's 256 bottleneck channels
+    convmixer = 9 * ((49 + 1) * 256 + 2 * 256 + (256 + 1) * 256 + 2 * 256)
+    assert row["params_forward"] == 3_149_185 + 17 + convmixer
+    too_small = measure_trainer("nnUNetTrainerMGCC_CMUNeXt", replace(setting, batch_size=1), "cpu", 0, 1, 1)
+    assert "needs a batch of at least 2" in too_small["error"]
+
+
+def test_scheme_table_compares_to_the_same_network_and_to_the_backbone_trainer():
+    def row(trainer, step, supervised=math.nan):
+        return {"trainer": trainer, "train_step_ms": step, "supervised_step_ms": supervised, "error": None}
+
+    rows = [row("nnUNetTrainerCMUNeXt", 20.0), row("nnUNetTrainerMGCC_CMUNeXt", 50.0, 25.0),
+            row("nnUNetTrainerMGCC", 90.0, 30.0)]  # fmt: skip
+    table = format_scheme_table(rows)
+    assert "| nnUNetTrainerMGCC_CMUNeXt | 50.0 | 25.0 | 2.00 | nnUNetTrainerCMUNeXt | 20.0 | 2.50 |" in table
+    assert "| nnUNetTrainerMGCC | 90.0 | 30.0 | 3.00 | - | - | - |" in table
+    assert not any(line.startswith("| nnUNetTrainerCMUNeXt |") for line in table.splitlines())  # not a scheme
+    assert format_scheme_table(rows[:1]) == ""

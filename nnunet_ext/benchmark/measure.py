@@ -12,6 +12,12 @@ Every trainer is measured the same way:
 - ``peak_memory_mb``: peak memory of the train steps above what the process held before the network was built
   (CPU: resident set size; CUDA: ``torch.cuda.max_memory_allocated``): parameters, gradients, optimizer state and
   activations.
+
+Semi-supervised trainers (MGCC): ``train_step_ms`` is the scheme's step at the same total batch (half labeled,
+half unlabeled: one forward of the whole batch through the main and auxiliary decoders, the MGCC objective at full
+consistency weight, backward, clipping, SGD step); ``supervised_step_ms`` is nnU-Net's supervised step above on
+the same network's inference path (encoder, ConvMixer chain, main decoder) with the whole batch labeled, i.e. the
+cost of training that network without the scheme.
 """
 
 from __future__ import annotations
@@ -32,6 +38,8 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from nnunet_ext.benchmark.presets import BenchmarkSetting
+from nnunet_ext.ssl.mgcc_loss import CONSISTENCY_WEIGHT, MGCCObjective
+from nnunet_ext.trainers.semi_supervised import split_batch
 
 
 @dataclass
@@ -44,6 +52,7 @@ class Measurement:
     forward_ms: float = float("nan")
     train_step_ms: float = float("nan")
     peak_memory_mb: float = float("nan")
+    supervised_step_ms: float = float("nan")
     error: str | None = None
 
     def as_dict(self) -> dict:
@@ -172,10 +181,28 @@ def measure_trainer(
     loss_fn = nnunet_loss(scales)
     optimizer = torch.optim.SGD(network.parameters(), lr=1e-2, momentum=0.99, nesterov=True, weight_decay=3e-5)
 
-    def train_step() -> None:
+    def supervised_loss(forward: Callable[[torch.Tensor], object]) -> torch.Tensor:
+        return loss_fn(forward(batch), targets)
+
+    scheme = hasattr(network, "forward_main")
+    if scheme:
+        labeled, _ = split_batch(setting.batch_size, trainer_class.labeled_batch_fraction)
+        if labeled >= setting.batch_size:
+            measurement.error = f"a semi-supervised step needs a batch of at least 2, got {setting.batch_size}"
+            return measurement.as_dict()
+        objective = MGCCObjective(False, loss_fn.weight_factors)
+        labeled_targets = [t[:labeled] for t in targets]
+
+        def step_loss() -> torch.Tensor:
+            return objective(network(batch), labeled_targets, labeled, CONSISTENCY_WEIGHT)[0]
+    else:
+
+        def step_loss() -> torch.Tensor:
+            return supervised_loss(network)
+
+    def train_step(compute_loss: Callable[[], torch.Tensor]) -> None:
         optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(network(batch), targets)
-        loss.backward()
+        compute_loss().backward()
         torch.nn.utils.clip_grad_norm_(network.parameters(), 12)
         optimizer.step()
 
@@ -183,8 +210,12 @@ def measure_trainer(
     network.decoder.deep_supervision = True
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    measurement.train_step_ms = median_milliseconds(train_step, device, warmup, repeats)
+    measurement.train_step_ms = median_milliseconds(lambda: train_step(step_loss), device, warmup, repeats)
     measurement.peak_memory_mb = peak_memory_mb(device, memory_before)
+    if scheme:
+        measurement.supervised_step_ms = median_milliseconds(
+            lambda: train_step(lambda: supervised_loss(network.forward_main)), device, warmup, repeats
+        )
 
     network.eval()
     network.decoder.deep_supervision = False
