@@ -24,6 +24,8 @@ TRAINERS: dict[str, str] = {
     "nnUNetTrainerGCTUNet": "nnunet_ext.trainers.gct_unet:nnUNetTrainerGCTUNet",
     "nnUNetTrainerMGCC": "nnunet_ext.trainers.mgcc:nnUNetTrainerMGCC",
     "nnUNetTrainerMGCC_CMUNeXt": "nnunet_ext.trainers.mgcc:nnUNetTrainerMGCC_CMUNeXt",
+    "nnUNetTrainerMGCC_GCTxUNet": "nnunet_ext.trainers.mgcc:nnUNetTrainerMGCC_GCTxUNet",
+    "nnUNetTrainerMGCC_GCTUNet": "nnunet_ext.trainers.mgcc:nnUNetTrainerMGCC_GCTUNet",
 }
 
 
