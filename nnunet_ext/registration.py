@@ -24,6 +24,7 @@ TRAINERS: dict[str, str] = {
     "nnUNetTrainerGCTUNet": "nnunet_ext.trainers.gct_unet:nnUNetTrainerGCTUNet",
     "nnUNetTrainerMGCC": "nnunet_ext.trainers.mgcc:nnUNetTrainerMGCC",
     "nnUNetTrainerMGCC_CMUNeXt": "nnunet_ext.trainers.mgcc:nnUNetTrainerMGCC_CMUNeXt",
+    "nnUNetTrainerGCGLE": "nnunet_ext.trainers.gcgle:nnUNetTrainerGCGLE",
 }
 
 
