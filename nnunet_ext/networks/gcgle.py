@@ -359,11 +359,14 @@ class GCGLEDecoder(SegmentationDecoder):
         self.up4 = PatchExpand(dims[0], scale=4, out_dim=dims[0])
 
     def decode_levels(self, skips: list[torch.Tensor]) -> list[torch.Tensor]:
+        full_size = [4 * side for side in skips[0].shape[-2:]]
         x = _nchw(self.up0(_nhwc(skips[-1])))
         features = []
-        for level, skip in zip(self.levels, skips[-2::-1]):
+        for level, skip, scale in zip(self.levels, skips[-2::-1], self.deep_supervision_scales[:0:-1]):
             x = level(x[..., : skip.shape[-2], : skip.shape[-1]], skip)
-            features.append(x)
+            # maps of odd-sized levels are rounded up by the strided convs; nnU-Net rounds its targets
+            height, width = (round(side * s) for side, s in zip(full_size, scale))
+            features.append(x[..., :height, :width])
             if level.upsample is not None:
                 x = level.upsample_output(x)
         full = self.up4(self.norm_up(_nhwc(x)))
