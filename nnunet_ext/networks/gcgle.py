@@ -64,6 +64,8 @@ class GCGLEConfig:
 
 
 def _nchw(x: torch.Tensor) -> torch.Tensor:
+    """NHWC -> NCHW view. NCHW maps stay in channels-last memory throughout the network: on CPU, depthwise
+    convolutions run their backward pass up to 20x faster in that layout than on NCHW-contiguous tensors."""
     return x.permute(0, 3, 1, 2)
 
 
@@ -180,7 +182,7 @@ class GCGLEStage(nn.Sequential):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _nchw(super().forward(_nhwc(x))).contiguous()
+        return _nchw(super().forward(_nhwc(x)))
 
 
 class CSAM(nn.Module):
@@ -282,6 +284,7 @@ class GCGLEEncoder(nn.Module):
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         if x.shape[-2] % 4 or x.shape[-1] % 4:
             raise ValueError(f"GCGLE-Net needs patch sides divisible by 4, got {tuple(x.shape[-2:])}")
+        x = x.contiguous(memory_format=torch.channels_last)
         skips = []
         for down, stage in zip(self.downsample_layers, self.stages):
             x = stage(down(x))
@@ -320,10 +323,10 @@ class GCGLEDecoderLevel(nn.Module):
 
     def forward(self, up: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         fused = self.csam(torch.cat((up, skip), dim=1))
-        return self.blocks(_nchw(self.reduce(_nhwc(fused))).contiguous())
+        return self.blocks(_nchw(self.reduce(_nhwc(fused))))
 
     def upsample_output(self, x: torch.Tensor) -> torch.Tensor:
-        return _nchw(self.upsample(_nhwc(x))).contiguous()
+        return _nchw(self.upsample(_nhwc(x)))
 
 
 class GCGLEDecoder(SegmentationDecoder):
@@ -370,7 +373,7 @@ class GCGLEDecoder(SegmentationDecoder):
             if level.upsample is not None:
                 x = level.upsample_output(x)
         full = self.up4(self.norm_up(_nhwc(x)))
-        features.append(_nchw(full).contiguous())
+        features.append(_nchw(full))
         return features
 
 

@@ -126,7 +126,7 @@ class BiLevelRoutingAttention(nn.Module):
             split_heads(q_pix), split_heads(k_pix[batch, index]), split_heads(v_pix[batch, index]), scale=self.scale
         )
         attended = attended.transpose(1, 2).reshape(n, regions, pixels, c)
-        lepe = self.lepe(v.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        lepe = self.lepe(v.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)).permute(0, 2, 3, 1)
         return self.wo(_from_regions(attended, grid, (h, w)) + lepe)
 
 
