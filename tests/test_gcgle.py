@@ -287,6 +287,7 @@ def test_three_level_decoder_and_bottleneck_blocks():
     assert len(r3.decoder.levels) == 2 and r3.decoder.levels[-1].upsample is not None
     with torch.no_grad():
         assert [o.shape[-1] for o in r3(torch.randn(1, 1, 64, 64))] == [64, 8, 4]
+        assert [tuple(o.shape[-2:]) for o in r3(torch.randn(1, 1, 84, 52))] == [(84, 52), (10, 6), (5, 3)]
     with_bottleneck = GCGLENet(1, 2, GCGLEConfig(**{**TINY.__dict__, "bottleneck_depth": 2}))
     assert isinstance(with_bottleneck.encoder.stages[3][0].attn, AttentionLePE)
     assert len(GCGLENet(1, 2, TINY).encoder.stages[3]) == 0

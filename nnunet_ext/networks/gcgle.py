@@ -372,6 +372,7 @@ class GCGLEDecoder(SegmentationDecoder):
             features.append(x[..., :height, :width])
             if level.upsample is not None:
                 x = level.upsample_output(x)
+        x = x[..., : skips[0].shape[-2], : skips[0].shape[-1]]
         full = self.up4(self.norm_up(_nhwc(x)))
         features.append(_nchw(full))
         return features
