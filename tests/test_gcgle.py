@@ -378,9 +378,9 @@ def test_official_key_map_for_grey_images_sums_the_stem_kernel():
         F.conv2d(grey.repeat(1, 3, 1, 1), weight),
     )
     with pytest.raises(ValueError, match="1 or 3 input channels"):
-        official_key_map(names, build_official_network(2, 9))
+        official_key_map(names, GCGLENet(2, 9, TINY))
     with pytest.raises(KeyError, match="does not have"):
-        official_key_map(names, GCGLENet(3, 9, GCGLEConfig(four_level_decoder=False)))
+        official_key_map(names, GCGLENet(3, 9, TINY))
 
 
 def test_layout_bug_network_runs_only_on_square_patches():

@@ -72,6 +72,9 @@ def official_key_map(
     module docstring). Raises KeyError if a used tensor has no counterpart in ``network`` (not the published
     configuration) and ValueError for input channels the official wrapper does not accept (1 or 3).
     """
+    input_channels = network.encoder.downsample_layers[0][0].in_channels
+    if input_channels not in (1, 3):
+        raise ValueError(f"official GCGLE-Net weights take 1 or 3 input channels, the network has {input_channels}")
     own = network.state_dict()
     final_head = len(network.decoder.seg_heads) - 1
     mapping: dict[str, str] = {}
@@ -85,10 +88,7 @@ def official_key_map(
         if ours not in own:
             raise KeyError(f"official tensor {official!r} maps to {ours!r}, which the network does not have")
         mapping[official] = ours
-    input_channels = network.encoder.downsample_layers[0][0].in_channels
     if input_channels == 3:
         return mapping, unused
-    if input_channels != 1:
-        raise ValueError(f"official GCGLE-Net weights take 1 or 3 input channels, the network has {input_channels}")
     transforms = {official: _sum_input_channels for official in mapping if official.endswith(STEM_WEIGHT)}
     return mapping, unused, transforms
