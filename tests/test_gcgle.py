@@ -27,7 +27,7 @@ from nnunet_ext.networks.gcgle import (
 )
 from nnunet_ext.official.gcgle import build_official_network, official_key_map
 
-GOLDEN = Path("/work/shared/golden")
+GOLDEN = Path(__file__).parent / "golden"
 TINY = GCGLEConfig(dims=(16, 32, 64), bottleneck_dim=128, head_dim=8, depths=(1, 1, 2), decoder_depths=(1, 1, 1))
 
 
