@@ -19,11 +19,13 @@ TRAINERS: dict[str, str] = {
     "nnUNetTrainerCMUNeXt": "nnunet_ext.trainers.cmunext:nnUNetTrainerCMUNeXt",
     "nnUNetTrainerCMUNeXt_S": "nnunet_ext.trainers.cmunext:nnUNetTrainerCMUNeXt_S",
     "nnUNetTrainerCMUNeXt_L": "nnunet_ext.trainers.cmunext:nnUNetTrainerCMUNeXt_L",
+    "nnUNetTrainerGCGLE": "nnunet_ext.trainers.gcgle:nnUNetTrainerGCGLE",
     "nnUNetTrainerGCTxUNet": "nnunet_ext.trainers.gctx_unet:nnUNetTrainerGCTxUNet",
     "nnUNetTrainerGCTxUNet_MLP3": "nnunet_ext.trainers.gctx_unet:nnUNetTrainerGCTxUNet_MLP3",
     "nnUNetTrainerGCTUNet": "nnunet_ext.trainers.gct_unet:nnUNetTrainerGCTUNet",
     "nnUNetTrainerMGCC": "nnunet_ext.trainers.mgcc:nnUNetTrainerMGCC",
     "nnUNetTrainerMGCC_CMUNeXt": "nnunet_ext.trainers.mgcc:nnUNetTrainerMGCC_CMUNeXt",
+    "nnUNetTrainerMGCC_GCGLE": "nnunet_ext.trainers.mgcc:nnUNetTrainerMGCC_GCGLE",
     "nnUNetTrainerMGCC_GCTxUNet": "nnunet_ext.trainers.mgcc:nnUNetTrainerMGCC_GCTxUNet",
     "nnUNetTrainerMGCC_GCTUNet": "nnunet_ext.trainers.mgcc:nnUNetTrainerMGCC_GCTUNet",
 }

@@ -24,6 +24,7 @@ from nnunet_ext.networks.common import SegmentationNetwork
 from nnunet_ext.networks.mgcc import MGCC_DIMS, MGCCNetwork, mgcc_from_backbones, mgcc_unet
 from nnunet_ext.ssl.mgcc_loss import MGCCObjective, consistency_weight
 from nnunet_ext.trainers.cmunext import nnUNetTrainerCMUNeXt
+from nnunet_ext.trainers.gcgle import nnUNetTrainerGCGLE
 from nnunet_ext.trainers.gct_unet import nnUNetTrainerGCTUNet
 from nnunet_ext.trainers.gctx_unet import nnUNetTrainerGCTxUNet
 from nnunet_ext.trainers.plans import conv_op_of, stage_strides
@@ -129,6 +130,15 @@ class nnUNetTrainerMGCC_CMUNeXt(nnUNetTrainerMGCC):
     """MGCC on CMUNeXt (:class:`nnunet_ext.trainers.cmunext.nnUNetTrainerCMUNeXt`); 2D and 3D."""
 
     build_network_architecture = mgcc_architecture(nnUNetTrainerCMUNeXt)
+
+
+class nnUNetTrainerMGCC_GCGLE(nnUNetTrainerMGCC):
+    """MGCC on GCGLE-Net (:class:`nnunet_ext.trainers.gcgle.nnUNetTrainerGCGLE`); 2D only.
+
+    Trained with the scheme's recipe (nnU-Net's SGD), not GCGLE-Net's SGD 0.9: the two were not compared here.
+    """
+
+    build_network_architecture = mgcc_architecture(nnUNetTrainerGCGLE)
 
 
 class nnUNetTrainerMGCC_GCTxUNet(nnUNetTrainerMGCC):
