@@ -294,7 +294,7 @@ def test_gctx_unet_golden_weights_reproduce_the_official_output(tmp_path):
 
 
 def test_gcgle_maps_every_used_official_tensor_and_lists_the_unused():
-    """a synthetic state dict with the official names and shapes."""
+    """A synthetic state dict with the official names and shapes."""
     listing = json.loads((GOLDEN / "gcgle_r4_official_state_dict_keys.json").read_text())["tensors"]
     official = random_state_dict({entry["name"]: tuple(entry["shape"]) for entry in listing})
     conversion = convert_state_dict(official_architecture("gcgle"), official, input_channels=3, num_classes=9)

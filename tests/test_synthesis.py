@@ -28,6 +28,7 @@ from nnunetv2.utilities.utils import (
 from PIL import Image
 from skimage import io as skimage_io
 
+from nnunet_ext.ssl.raw_pool import find_pool_cases, read_pool_case
 from nnunet_ext.synthesis import training as training_module
 from nnunet_ext.synthesis import writing as writing_module
 from nnunet_ext.synthesis.memorisation import build_reference
@@ -119,12 +120,11 @@ def test_naming_and_channels_follow_nnunet_image_rules(png_run):
 
 
 def test_images_pass_the_unlabeled_pool_validator(png_run):
-    raw_pool = pytest.importorskip("nnunet_ext.ssl.raw_pool", reason="pool validator (issue 5) not merged yet")
     raw, result = png_run
-    cases = raw_pool.find_pool_cases(raw / "imagesSynth", ".png", 1)
+    cases = find_pool_cases(raw / "imagesSynth", ".png", 1)
     assert [case.name for case in cases] == sorted(result.cases)
     for case in cases:
-        data, _ = raw_pool.read_pool_case(case, NaturalImage2DIO, 1, True)
+        data, _ = read_pool_case(case, NaturalImage2DIO, 1, True)
         assert data.shape == (1, 1, 96, 96)
 
 
