@@ -1,0 +1,137 @@
+"""3D-CGMM of GuidedNet (Zhao et al., ACM MM 2024, arXiv 2408.04914), as published in the official code.
+
+The official ``utils/tools.py`` (kimjisoo12/GuidedNet@3def342, ``reference/ssl.md`` §3.3) models each class of a
+labeled patch by its prototype, the mean decoder feature over the class's voxels, and scores every voxel with an
+isotropic unit-width kernel of the mean absolute feature distance to it. The paper's formulas were not available;
+everything below follows the code. Notation (shapes): ``B`` patches, ``C`` feature channels, ``K`` classes, ``*S`` the
+spatial patch (2D or 3D), ``V = prod(S)`` voxels.
+
+- presence ``m[i, k] = 1[class k occurs in labeled patch i]``;
+- prototype ``mu[i, k] = sum_v 1[y_v = k] f_v / (N_ik + 1e-6)`` (zero if k is absent);
+- distance ``d[i, k](v) = (1/C) sum_c |f_c(v) - mu[i, k, c]|``, response ``g = exp(-d^2)``;
+- labeled loss ``L1 + L2 + proto`` (:func:`labeled_gmm_loss`), unlabeled loss (:func:`unlabeled_gmm_loss`),
+  consistency of the two networks' responses (:func:`response_consistency`).
+
+Memory (issue item 2): prototypes are a ``scatter_add`` over voxels (``B x C x K`` result, no ``K x V`` one-hot);
+distances use ``torch.cdist(p=1)``, whose forward and backward never materialise the ``B x K x C x V`` difference
+tensor, so the largest temporaries are the ``B x K x V`` response maps the losses are defined on.
+
+Deviations from the official code, each noted where it happens: unlabeled patches are paired with labeled patch
+``j mod L`` (the official batch always has as many of each); the unlabeled loss is computed in float32 (the
+official code runs it in float16); everything is written for 2D and 3D patches.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+import torch.nn.functional as F
+
+#: the official code's guard in prototype means and presence-weighted averages
+EPSILON = 1e-6
+
+
+def class_presence(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """``m``: (B, K) float, 1 where class k occurs in patch i. ``labels``: (B, *S) integer."""
+    counts = _class_counts(labels, num_classes)
+    return (counts > 0).to(torch.float32)
+
+
+def _class_counts(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(B, K) voxel counts per patch and class (one ``bincount`` over offset labels)."""
+    batch = labels.shape[0]
+    offsets = torch.arange(batch, device=labels.device).view(-1, *([1] * (labels.dim() - 1))) * num_classes
+    counts = torch.bincount((labels.long() + offsets).flatten(), minlength=batch * num_classes)
+    return counts.view(batch, num_classes).to(torch.float32)
+
+
+def prototypes(features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Per-patch class prototypes ``mu``: (B, K, C) = mean of ``features`` (B, C, *S) over the voxels of each class
+    of ``labels`` (B, *S); a zero vector for an absent class (official ``GMM``: ``sum / (count + 1e-6)``)."""
+    batch, channels = features.shape[:2]
+    flat = features.reshape(batch, channels, -1).float()
+    index = labels.reshape(batch, 1, -1).long().expand(-1, channels, -1)
+    sums = flat.new_zeros(batch, channels, num_classes).scatter_add_(2, index, flat)
+    counts = _class_counts(labels, num_classes)
+    return sums.transpose(1, 2) / (counts.unsqueeze(-1) + EPSILON)
+
+
+def response(features: torch.Tensor, class_prototypes: torch.Tensor) -> torch.Tensor:
+    """GMM response ``g = exp(-d^2)``: (B, K, *S) for ``features`` (B, C, *S) and prototypes (B, K, C), with ``d``
+    the mean absolute feature distance (official ``GMM``/``GMM_predict``, no presence mask here)."""
+    batch, channels, *spatial = features.shape
+    flat = features.reshape(batch, channels, -1).transpose(1, 2).float()
+    distance = torch.cdist(flat, class_prototypes.float(), p=1) / channels  # (B, V, K)
+    return torch.exp(-distance.square()).transpose(1, 2).reshape(batch, -1, *spatial)
+
+
+def _masked_bce(
+    prediction: torch.Tensor, target: torch.Tensor, presence: torch.Tensor, detach_target: bool = False
+) -> torch.Tensor:
+    """``mean_v [sum_k m_k * BCE(a_k, b_k) / 2 / (sum_k m_k + 1e-6)]`` over patches and voxels, with the official
+    ``BCE(a, b) = -b log(a + 1e-6) - (1 - b) log(1 - a + 1e-6)``; ``prediction``/``target`` (B, K, *S), ``presence``
+    (B, K)."""
+    if detach_target:
+        target = target.detach()
+    bce = -target * torch.log(prediction + EPSILON) - (1 - target) * torch.log(1 - prediction + EPSILON)
+    mask = presence.view(*presence.shape, *([1] * (prediction.dim() - 2)))
+    per_voxel = (mask * bce / 2).sum(1) / (presence.sum(1).view(-1, *([1] * (prediction.dim() - 2))) + EPSILON)
+    return per_voxel.mean()
+
+
+def prototype_separation_loss(class_prototypes: torch.Tensor, presence: torch.Tensor) -> torch.Tensor:
+    """``proto``: mean over the pairs k < l of classes present in the batch of ``exp(-(mean_c |v_k - v_l|)^2)``.
+
+    ``v_k = (sum_i mu_ik) n_k / (n_k + 1e-6)`` with ``n_k`` the number of patches holding class k (the official
+    ``mean_vecs``, in effect a sum over patches). Prototypes (B, K, C), presence (B, K); 0 with fewer than two
+    present classes. Close class prototypes give a loss near 1.
+    """
+    patches_with_class = presence.sum(0)
+    vectors = class_prototypes.sum(0) * (patches_with_class / (patches_with_class + EPSILON)).unsqueeze(-1)
+    present = torch.nonzero(patches_with_class > 0).flatten().tolist()
+    pairs = list(itertools.combinations(present, 2))
+    if not pairs:
+        return class_prototypes.new_zeros(())
+    first, second = (torch.tensor(index, device=vectors.device) for index in zip(*pairs))
+    distance = (vectors[first] - vectors[second]).abs().mean(-1)
+    return torch.exp(-distance.square()).mean()
+
+
+def labeled_gmm_loss(
+    probabilities: torch.Tensor, masked_response: torch.Tensor, labels: torch.Tensor, presence: torch.Tensor
+) -> torch.Tensor:
+    """Official ``cal_gmm_loss`` without ``proto``: ``L1 + L2`` on a labeled half.
+
+    - ``L1``: the softmax prediction (B, K, *S) fits the response (soft target, not detached, as in the code);
+    - ``L2``: the presence-masked response ``g * m`` (B, K, *S) fits the one-hot ground truth ``labels`` (B, *S);
+    both presence-weighted per voxel.
+    """
+    one_hot = F.one_hot(labels.long(), probabilities.shape[1]).movedim(-1, 1).to(probabilities.dtype)
+    return _masked_bce(probabilities, masked_response, presence) + _masked_bce(masked_response, one_hot, presence)
+
+
+def unlabeled_gmm_loss(
+    probabilities: torch.Tensor, unlabeled_response: torch.Tensor, presence: torch.Tensor
+) -> torch.Tensor:
+    """Official ``gmm_loss`` on an unlabeled half: the prediction (U, K, *S) is pulled towards the response to the
+    prototypes of its paired labeled patch (U, K, *S), classes weighted by presence (U, K) in that patch.
+
+    Deviation: float32; the official code computes this term in float16 (``reference/ssl.md`` §3.3).
+    """
+    return _masked_bce(probabilities.float(), unlabeled_response.float(), presence)
+
+
+def paired_labeled_index(num_unlabeled: int, num_labeled: int, device: torch.device) -> torch.Tensor:
+    """Labeled patch paired with each unlabeled one: ``j mod L``.
+
+    The official batch has as many unlabeled as labeled patches (4 + 4) and pairs j with j; nnU-Net batch
+    compositions may differ by one (odd batch sizes), so the pairing wraps around.
+    """
+    return torch.arange(num_unlabeled, device=device) % num_labeled
+
+
+def response_consistency(masked_response1: torch.Tensor, masked_response2: torch.Tensor) -> torch.Tensor:
+    """Official "consistent" CGMM term before its ramp weight: ``mean((softmax_k(g1) - softmax_k(g2))^2)`` between the
+    two networks' presence-masked labeled responses (B, K, *S)."""
+    return (torch.softmax(masked_response1, 1) - torch.softmax(masked_response2, 1)).square().mean()
