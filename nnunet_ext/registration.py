@@ -19,6 +19,8 @@ TRAINERS: dict[str, str] = {
     "nnUNetTrainerCMUNeXt": "nnunet_ext.trainers.cmunext:nnUNetTrainerCMUNeXt",
     "nnUNetTrainerCMUNeXt_S": "nnunet_ext.trainers.cmunext:nnUNetTrainerCMUNeXt_S",
     "nnUNetTrainerCMUNeXt_L": "nnunet_ext.trainers.cmunext:nnUNetTrainerCMUNeXt_L",
+    "nnUNetTrainerGuidedNet": "nnunet_ext.trainers.guidednet:nnUNetTrainerGuidedNet",
+    "nnUNetTrainerGuidedNet_CMUNeXt": "nnunet_ext.trainers.guidednet:nnUNetTrainerGuidedNet_CMUNeXt",
 }
 
 

@@ -24,6 +24,7 @@ official code runs it in float16); everything is written for 2D and 3D patches.
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -66,18 +67,21 @@ def response(features: torch.Tensor, class_prototypes: torch.Tensor) -> torch.Te
     return torch.exp(-distance.square()).transpose(1, 2).reshape(batch, -1, *spatial)
 
 
-def _masked_bce(
-    prediction: torch.Tensor, target: torch.Tensor, presence: torch.Tensor, detach_target: bool = False
-) -> torch.Tensor:
+def _masked_bce(prediction: torch.Tensor, target: torch.Tensor, presence: torch.Tensor) -> torch.Tensor:
     """``mean_v [sum_k m_k * BCE(a_k, b_k) / 2 / (sum_k m_k + 1e-6)]`` over patches and voxels, with the official
     ``BCE(a, b) = -b log(a + 1e-6) - (1 - b) log(1 - a + 1e-6)``; ``prediction``/``target`` (B, K, *S), ``presence``
     (B, K)."""
-    if detach_target:
-        target = target.detach()
     bce = -target * torch.log(prediction + EPSILON) - (1 - target) * torch.log(1 - prediction + EPSILON)
-    mask = presence.view(*presence.shape, *([1] * (prediction.dim() - 2)))
-    per_voxel = (mask * bce / 2).sum(1) / (presence.sum(1).view(-1, *([1] * (prediction.dim() - 2))) + EPSILON)
+    spatial_dims = prediction.dim() - 2
+    per_voxel = (_spatial(presence, spatial_dims) * bce / 2).sum(1) / (
+        _spatial(presence.sum(1), spatial_dims) + EPSILON
+    )
     return per_voxel.mean()
+
+
+def _spatial(values: torch.Tensor, spatial_dims: int) -> torch.Tensor:
+    """``values`` (B, ...) with ``spatial_dims`` trailing singleton axes, to broadcast over a patch."""
+    return values.view(*values.shape, *([1] * spatial_dims))
 
 
 def prototype_separation_loss(class_prototypes: torch.Tensor, presence: torch.Tensor) -> torch.Tensor:
@@ -135,3 +139,43 @@ def response_consistency(masked_response1: torch.Tensor, masked_response2: torch
     """Official "consistent" CGMM term before its ramp weight: ``mean((softmax_k(g1) - softmax_k(g2))^2)`` between the
     two networks' presence-masked labeled responses (B, K, *S)."""
     return (torch.softmax(masked_response1, 1) - torch.softmax(masked_response2, 1)).square().mean()
+
+
+@dataclass
+class CGMMTerms:
+    """One network's 3D-CGMM terms on a batch: ``gmm`` (``L1 + L2 + proto``, labeled half), ``gmm_unlabeled``,
+    ``masked_response`` ``g * m`` (L, K, *S) for :func:`response_consistency`, ``prototypes`` (L, K, C)."""
+
+    gmm: torch.Tensor
+    gmm_unlabeled: torch.Tensor
+    masked_response: torch.Tensor
+    prototypes: torch.Tensor
+
+
+def cgmm_terms(
+    probabilities: torch.Tensor, features: torch.Tensor, labels: torch.Tensor, num_labeled: int
+) -> CGMMTerms:
+    """3D-CGMM of one network on a whole batch, labeled samples first.
+
+    Args:
+        probabilities: softmax prediction (B, K, *S).
+        features: last decoder feature map (B, C, *S), same spatial size as the prediction.
+        labels: ground truth of the first ``num_labeled`` samples (L, *S), integer classes.
+        num_labeled: L; the remaining B - L samples are unlabeled.
+    """
+    if features.shape[2:] != probabilities.shape[2:]:
+        raise ValueError(
+            f"3D-CGMM needs the decoder feature at the prediction's resolution: features {tuple(features.shape)}, "
+            f"prediction {tuple(probabilities.shape)}"
+        )
+    num_classes = probabilities.shape[1]
+    probabilities = probabilities.float()
+    presence = class_presence(labels, num_classes)
+    class_prototypes = prototypes(features[:num_labeled], labels, num_classes)
+    masked = response(features[:num_labeled], class_prototypes) * _spatial(presence, labels.dim() - 1)
+    gmm = labeled_gmm_loss(probabilities[:num_labeled], masked, labels, presence)
+    gmm = gmm + prototype_separation_loss(class_prototypes, presence)
+    pairing = paired_labeled_index(features.shape[0] - num_labeled, num_labeled, features.device)
+    unlabeled_response = response(features[num_labeled:], class_prototypes[pairing])
+    gmm_unlabeled = unlabeled_gmm_loss(probabilities[num_labeled:], unlabeled_response, presence[pairing])
+    return CGMMTerms(gmm, gmm_unlabeled, masked, class_prototypes)
