@@ -3,7 +3,7 @@
 GuidedNet (Zhao et al., ACM MM 2024, arXiv 2408.04914; official code kimjisoo12/GuidedNet@3def342, summarised in
 ``reference/ssl.md`` §3): two networks of the same architecture with different initialisations, trained jointly on
 batches of labeled + unlabeled samples (nnU-Net's batch, half/half, :class:`nnUNetTrainerSemiSupervisedBase`), with
-the loss of the official ``train_guidedNet_flare.py``::
+the loss of the official ``train_guidedNet_flare.py`` (:func:`nnunet_ext.ssl.guidednet.guidednet_loss`)::
 
     loss = sum_{n=1,2} [ sup_n + lambda (gmm_n + gmm_u_n + w(t) cons) ] + w(t) ktcps
     lambda = 0.3 ("lanmuda"), w(t) = 0.1 * sigmoid_rampup(iteration // 150, 200) ("consistency")
@@ -52,9 +52,8 @@ from torch import nn
 from torch.nn.modules.conv import _ConvNd
 
 from nnunet_ext.networks.features import PARTNER_PREFIX, FeatureNetwork
-from nnunet_ext.ssl.cgmm import cgmm_terms, response_consistency
-from nnunet_ext.ssl.ktcps import KTCPSClassWeights, correct_voxel_counts, cross_pseudo_supervision
-from nnunet_ext.ssl.ramps import ramped_weight
+from nnunet_ext.ssl.guidednet import guidednet_loss
+from nnunet_ext.ssl.ktcps import KTCPSClassWeights
 from nnunet_ext.trainers.base import unwrap_module
 from nnunet_ext.trainers.cmunext import nnUNetTrainerCMUNeXt
 from nnunet_ext.trainers.semi_supervised import (
@@ -63,12 +62,6 @@ from nnunet_ext.trainers.semi_supervised import (
     nnUNetTrainerSemiSupervisedBase,
 )
 
-#: the official ``--lanmuda``: weight of the 3D-CGMM terms
-CGMM_WEIGHT = 0.3
-#: the official ``--consistency``: final weight of KT-CPS and of the CGMM consistency (ramped)
-CONSISTENCY_WEIGHT = 0.1
-#: the official ``--consistency_rampup``, in steps of 150 iterations
-CONSISTENCY_RAMPUP = 200
 #: file name of the two-network (averaged) export, for ``nnUNetv2_predict -chk``
 AVERAGE_CHECKPOINT = "checkpoint_final_average.pth"
 
@@ -158,27 +151,16 @@ class nnUNetTrainerGuidedNet(nnUNetTrainerSemiSupervisedBase):
         return torch.from_numpy(histogram).float()
 
     def compute_scheme_loss(self, batch: SemiSupervisedBatch):
+        logits, features, supervised = [], [], []
+        for network in (self.network, self.network2):
+            output, network_features = network(batch.data, return_features=True)
+            supervised.append(self.loss(batch.split(output)[0], batch.target))
+            logits.append(output[0] if isinstance(output, (list, tuple)) else output)
+            features.append(network_features)
         labels = (batch.target[0] if isinstance(batch.target, list) else batch.target)[:, 0].long()
-        num_labeled = batch.num_labeled
-        weight = ramped_weight(CONSISTENCY_WEIGHT, self.global_iteration, CONSISTENCY_RAMPUP)
-        terms, logits, responses, counts = {}, [], [], []
-        loss = 0.0
-        for index, network in enumerate((self.network, self.network2), start=1):
-            output, features = network(batch.data, return_features=True)
-            supervised = self.loss(batch.split(output)[0], batch.target)
-            full_resolution = output[0] if isinstance(output, (list, tuple)) else output
-            cgmm = cgmm_terms(torch.softmax(full_resolution.float(), 1), features, labels, num_labeled)
-            loss = loss + supervised + CGMM_WEIGHT * (cgmm.gmm + cgmm.gmm_unlabeled)
-            logits.append(full_resolution)
-            responses.append(cgmm.masked_response)
-            counts.append(self.all_reduce(correct_voxel_counts(full_resolution[:num_labeled].detach(), labels)))
-            terms |= {f"supervised{index}": supervised, f"gmm{index}": cgmm.gmm, f"gmm_u{index}": cgmm.gmm_unlabeled}
-        consistency = response_consistency(*responses)
-        weights_a, weights_b = self.ktcps_weights.update(*counts)
-        ktcps = cross_pseudo_supervision(logits[0], logits[1], weights_a, weights_b)
-        loss = loss + 2 * CGMM_WEIGHT * weight * consistency + weight * ktcps
-        terms |= {"cgmm_consistency": consistency, "ktcps": ktcps, "consistency_weight": weight}
-        return loss, terms
+        return guidednet_loss(
+            logits, features, supervised, labels, self.ktcps_weights, self.global_iteration, self.all_reduce
+        )
 
     def on_train_end(self):
         super().on_train_end()
