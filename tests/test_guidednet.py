@@ -277,3 +277,25 @@ def test_both_networks_receive_gradients_from_every_term(build, conv_op, shape):
         final_head = final_head or network.decoder.seg_heads[-1]
         for parameter in [*network.encoder.parameters(), *final_head.parameters()]:
             assert parameter.grad is not None and parameter.grad.abs().sum() > 0
+
+
+# --------------------------------------------------------------------------------------------------- benchmark
+def test_benchmark_times_the_scheme_step_and_compares_with_the_supervised_trainer():
+    from nnunet_ext.benchmark.measure import measure_trainer
+    from nnunet_ext.benchmark.presets import setting_from_preset
+    from nnunet_ext.cli.benchmark import format_scheme_table
+
+    setting = setting_from_preset("2d_256", batch_size=2)
+    rows = [
+        measure_trainer(name, setting, "cpu", warmup=0, repeats=1, threads=1)
+        for name in ("nnUNetTrainerCMUNeXt", "nnUNetTrainerGuidedNet_CMUNeXt")
+    ]
+    supervised, scheme = rows
+    assert scheme["error"] is None and scheme["network"] == "CMUNeXt"
+    assert scheme["supervised_reference"] == "nnUNetTrainerCMUNeXt" and supervised["supervised_reference"] is None
+    assert scheme["params"] == 2 * supervised["params"] and scheme["params_forward"] == supervised["params_forward"]
+    assert scheme["train_step_ms"] > 0
+    table = format_scheme_table(rows)
+    ratio = scheme["train_step_ms"] / supervised["train_step_ms"]
+    assert f"| nnUNetTrainerGuidedNet_CMUNeXt | nnUNetTrainerCMUNeXt | {scheme['train_step_ms']:.1f} |" in table
+    assert f"| {ratio:.2f} |" in table and format_scheme_table(rows[:1]) == ""

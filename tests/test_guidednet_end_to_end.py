@@ -7,6 +7,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 from conftest import SHORT_SCHEDULE
+from nnunetv2.run.run_training import get_trainer_from_args, maybe_load_checkpoint
 from PIL import Image
 
 from nnunet_ext.trainers.guidednet import AVERAGE_CHECKPOINT
@@ -37,7 +38,28 @@ def ssl_dataset(env, copy_prepared_dataset, spec, dataset_id):
     return copied
 
 
-def test_2d_train_continue_predict(nnunet_environment, synthetic_2d, copy_prepared_dataset, tmp_path):
+def assert_resume_restores_the_training_state(dataset_id: int, trainer_name: str, saved: dict) -> None:
+    """In-process ``--c`` loading: both networks, both optimizers, network 2's schedule, the class weights and the
+    ramp-up position (global iteration) are those of the checkpoint."""
+    trainer = get_trainer_from_args(str(dataset_id), "2d", 0, trainer_name, continue_training=True,
+                                    device=torch.device("cpu"))  # fmt: skip
+    maybe_load_checkpoint(trainer, continue_training=True, validation_only=False)
+    state = saved[CHECKPOINT_KEY]
+    assert trainer.current_epoch == 2 and trainer.global_iteration == state["global_iteration"] == 8
+    torch.testing.assert_close(trainer.network.state_dict(), saved["network_weights"])
+    torch.testing.assert_close(trainer.network2.state_dict(), state["networks"]["network2"])
+    torch.testing.assert_close(trainer.ktcps_weights.weights, state["attributes"]["ktcps_weights"]["weights"])
+    optimizers = {"network": (trainer.optimizer, saved["optimizer_state"]),
+                  "network2": (trainer._extra_optimizers["network2"], state["optimizers"]["network2"])}  # fmt: skip
+    for optimizer, saved_optimizer in optimizers.values():
+        restored = optimizer.state_dict()["state"]
+        assert restored.keys() == saved_optimizer["state"].keys() and restored
+        for index, entry in saved_optimizer["state"].items():
+            torch.testing.assert_close(restored[index]["momentum_buffer"], entry["momentum_buffer"])
+    assert trainer._extra_lr_schedulers["network2"].state_dict() == state["lr_schedulers"]["network2"]
+
+
+def test_2d_train_continue_predict(nnunet_environment, nnunet_paths, synthetic_2d, copy_prepared_dataset, tmp_path):
     env, trainer = nnunet_environment, "nnUNetTrainerGuidedNet"
     spec = ssl_dataset(env, copy_prepared_dataset, synthetic_2d, GUIDEDNET_2D_DATASET_ID)
     fold = env.train(spec.dataset_id, "2d", trainer)
@@ -52,6 +74,7 @@ def test_2d_train_continue_predict(nnunet_environment, synthetic_2d, copy_prepar
     for term in TERMS:
         assert np.isfinite(checkpoint["logging"][f"train_loss_{term}"]).all()
 
+    assert_resume_restores_the_training_state(spec.dataset_id, trainer, checkpoint)
     env.train(spec.dataset_id, "2d", trainer, "--c", schedule={**SHORT_SCHEDULE, "nnUNet_ext_num_epochs": "3"})
     continued = load(fold / "checkpoint_final.pth")
     assert continued["current_epoch"] == 3 and continued[CHECKPOINT_KEY]["global_iteration"] == 12

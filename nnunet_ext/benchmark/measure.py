@@ -12,10 +12,17 @@ Every trainer is measured the same way:
 - ``peak_memory_mb``: peak memory of the train steps above what the process held before the network was built
   (CPU: resident set size; CUDA: ``torch.cuda.max_memory_allocated``): parameters, gradients, optimizer state and
   activations.
+
+Semi-supervised trainers that define ``benchmark_train_step`` (a staticmethod, see
+:meth:`nnunet_ext.trainers.guidednet.nnUNetTrainerGuidedNet.benchmark_train_step`) are timed on their own train step
+(all their networks, the scheme loss) on the same batch, its first ``labeled_batch_fraction`` labeled; ``params``
+then counts every network they build, and ``supervised_reference`` names their ``supervised_trainer``, the
+one-network supervised training they are compared with at the same total batch.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import resource
 import statistics
@@ -44,6 +51,7 @@ class Measurement:
     forward_ms: float = float("nan")
     train_step_ms: float = float("nan")
     peak_memory_mb: float = float("nan")
+    supervised_reference: str | None = None
     error: str | None = None
 
     def as_dict(self) -> dict:
@@ -129,6 +137,22 @@ def peak_memory_mb(device: torch.device, baseline: int) -> float:
     return (peak - baseline) / 2**20
 
 
+def supervised_train_step(
+    network: nn.Module, batch: torch.Tensor, targets: list[torch.Tensor], loss_fn: nn.Module
+) -> Callable[[], None]:
+    """nnU-Net's train step: forward, loss, backward, clipping at 12, SGD (momentum 0.99, Nesterov) step."""
+    optimizer = torch.optim.SGD(network.parameters(), lr=1e-2, momentum=0.99, nesterov=True, weight_decay=3e-5)
+
+    def train_step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn(network(batch), targets)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(network.parameters(), 12)
+        optimizer.step()
+
+    return train_step
+
+
 def measure_trainer(
     trainer_name: str, setting: BenchmarkSetting, device_name: str, warmup: int, repeats: int, threads: int
 ) -> dict:
@@ -144,17 +168,21 @@ def measure_trainer(
     try:
         trainer_class = recursive_find_trainer_class_by_name(trainer_name)
         memory_before = memory_in_use(device)
-        network = trainer_class.build_network_architecture(
-            setting.plans_manager,
-            setting.configuration_manager,
-            setting.input_channels,
-            setting.num_classes,
-            True,
-        ).to(device)
+
+        def build() -> nn.Module:
+            return trainer_class.build_network_architecture(
+                setting.plans_manager,
+                setting.configuration_manager,
+                setting.input_channels,
+                setting.num_classes,
+                True,
+            )
+
+        network = build().to(device)
     except Exception as error:
         measurement.error = f"{type(error).__name__}: {error}"
         return measurement.as_dict()
-    measurement.network = type(network).__name__
+    measurement.network = getattr(network, "network_name", type(network).__name__)
     measurement.params = sum(p.numel() for p in network.parameters())
 
     patch = setting.patch_size
@@ -170,14 +198,17 @@ def measure_trainer(
         for scale in scales
     ]
     loss_fn = nnunet_loss(scales)
-    optimizer = torch.optim.SGD(network.parameters(), lr=1e-2, momentum=0.99, nesterov=True, weight_decay=3e-5)
-
-    def train_step() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(network(batch), targets)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(network.parameters(), 12)
-        optimizer.step()
+    scheme_step = getattr(trainer_class, "benchmark_train_step", None)
+    if scheme_step is None:
+        train_step = supervised_train_step(network, batch, targets, loss_fn)
+    else:
+        supervised_trainer = getattr(trainer_class, "supervised_trainer", None)
+        measurement.supervised_reference = supervised_trainer.__name__ if supervised_trainer else None
+        num_labeled = max(1, math.floor(setting.batch_size * trainer_class.labeled_batch_fraction + 0.5))
+        train_step, extra_networks = scheme_step(
+            network, lambda: build().to(device), batch, targets, loss_fn, num_labeled, setting.num_classes
+        )
+        measurement.params += sum(p.numel() for extra in extra_networks for p in extra.parameters())
 
     network.train()
     network.decoder.deep_supervision = True

@@ -90,6 +90,30 @@ def format_table(rows: list[dict], reference: dict | None) -> str:
     return "\n".join(lines)
 
 
+def format_scheme_table(rows: list[dict]) -> str:
+    """Markdown table of each semi-supervised trainer's train step over its supervised reference's (one network,
+    same total batch), for the rows that have one; empty if there are none."""
+    measured = {row["trainer"]: row for row in rows if not row["error"]}
+    lines = []
+    for row in measured.values():
+        reference = measured.get(row.get("supervised_reference") or "")
+        if reference is None:
+            continue
+        ratio = row["train_step_ms"] / reference["train_step_ms"]
+        lines.append(
+            f"| {row['trainer']} | {reference['trainer']} | {row['train_step_ms']:.1f} | "
+            f"{reference['train_step_ms']:.1f} | {ratio:.2f} | {row['peak_memory_mb']:.0f} | "
+            f"{reference['peak_memory_mb']:.0f} |"
+        )
+    if not lines:
+        return ""
+    header = (
+        "| scheme trainer | supervised reference | scheme train-step ms | supervised train-step ms | x supervised | "
+        "scheme peak MB | supervised peak MB |"
+    )
+    return "\n".join([header, "|" + "---|" * 7, *lines])
+
+
 def run_benchmark(
     trainers: list[str], setting: BenchmarkSetting, device: str, warmup: int, repeats: int, threads: int
 ) -> list[dict]:
@@ -125,6 +149,9 @@ def main(argv: list[str] | None = None) -> None:
         f"{args.threads} threads, torch {torch.__version__}, {platform.processor() or platform.machine()}\n"
     )
     print(format_table(rows, reference))
+    schemes = format_scheme_table(rows)
+    if schemes:
+        print(f"\nSemi-supervised train step vs supervised training of one network, same total batch:\n\n{schemes}")
     output = args.output or Path(f"benchmark_{name}_{args.device}.json")
     report = {
         "setting": setting.label,

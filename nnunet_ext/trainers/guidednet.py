@@ -33,7 +33,7 @@ inference ignores). For the average of both networks' probabilities, predict wit
 Combinations with another architecture are a subclass that takes the supervised trainer's builder::
 
     class nnUNetTrainerGuidedNet_CMUNeXt(nnUNetTrainerGuidedNet):
-        build_network_architecture = guidednet_architecture(nnUNetTrainerCMUNeXt)
+        supervised_trainer = nnUNetTrainerCMUNeXt
 
 The architecture must follow the network contract (:mod:`nnunet_ext.networks.common`: ``decoder(skips,
 return_features=True)`` with the last feature at full resolution) or be one of nnU-Net's U-Nets.
@@ -41,6 +41,7 @@ return_features=True)`` with the last feature at full resolution) or be one of n
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
 
 import numpy as np
@@ -58,6 +59,7 @@ from nnunet_ext.trainers.base import unwrap_module
 from nnunet_ext.trainers.cmunext import nnUNetTrainerCMUNeXt
 from nnunet_ext.trainers.semi_supervised import (
     CHECKPOINT_KEY,
+    GRADIENT_CLIP_NORM,
     SemiSupervisedBatch,
     nnUNetTrainerSemiSupervisedBase,
 )
@@ -88,6 +90,33 @@ def guidednet_architecture(supervised_trainer: type[nnUNetTrainer]) -> staticmet
     return staticmethod(partial(build_feature_network, supervised_trainer.build_network_architecture))
 
 
+def scheme_loss(
+    networks: tuple[nn.Module, nn.Module],
+    data: torch.Tensor,
+    target: torch.Tensor | list[torch.Tensor],
+    loss: nn.Module,
+    class_weights: KTCPSClassWeights,
+    iteration: int,
+    reduce_counts: Callable[[torch.Tensor], torch.Tensor] = lambda counts: counts,
+):
+    """One forward of each network on the whole batch ``data`` (B, C, *S), labeled samples first; their supervised
+    losses (``loss``, nnU-Net's Dice + CE with deep supervision, on the labeled samples of ``target``: (L, 1, *S) per
+    deep-supervision scale) and :func:`~nnunet_ext.ssl.guidednet.guidednet_loss` on the full-resolution outputs."""
+    full_target = target[0] if isinstance(target, list) else target
+    num_labeled = full_target.shape[0]
+    logits, features, supervised = [], [], []
+    for network in networks:
+        output, network_features = network(data, return_features=True)
+        labeled_output = (
+            [o[:num_labeled] for o in output] if isinstance(output, (list, tuple)) else output[:num_labeled]
+        )
+        supervised.append(loss(labeled_output, target))
+        logits.append(output[0] if isinstance(output, (list, tuple)) else output)
+        features.append(network_features)
+    labels = full_target[:, 0].long()
+    return guidednet_loss(logits, features, supervised, labels, class_weights, iteration, reduce_counts)
+
+
 def xavier_initialise(network: nn.Module) -> None:
     """Official net2 initialisation: ``xavier_normal_`` convolution (and transposed convolution) weights, zero
     biases; normalisation layers keep theirs."""
@@ -99,11 +128,22 @@ def xavier_initialise(network: nn.Module) -> None:
 
 
 class nnUNetTrainerGuidedNet(nnUNetTrainerSemiSupervisedBase):
-    """GuidedNet (two networks, 3D-CGMM, KT-CPS) on the plans' U-Net; see the module docstring."""
+    """GuidedNet (two networks, 3D-CGMM, KT-CPS) on the plans' U-Net; see the module docstring.
 
+    Subclasses that set ``supervised_trainer`` get that trainer's architecture (``build_network_architecture``); the
+    benchmark compares their train step with that trainer's.
+    """
+
+    #: the supervised trainer whose network the scheme trains (nnU-Net's: the plans' U-Net)
+    supervised_trainer: type[nnUNetTrainer] = nnUNetTrainer
     build_network_architecture = guidednet_architecture(nnUNetTrainer)
     #: the official single KT-CPS class-weight state updated twice per iteration (default: one per network)
     ktcps_shared_state: bool = False
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "supervised_trainer" in cls.__dict__:
+            cls.build_network_architecture = guidednet_architecture(cls.supervised_trainer)
 
     def initialize(self):
         if self.was_initialized:
@@ -151,16 +191,51 @@ class nnUNetTrainerGuidedNet(nnUNetTrainerSemiSupervisedBase):
         return torch.from_numpy(histogram).float()
 
     def compute_scheme_loss(self, batch: SemiSupervisedBatch):
-        logits, features, supervised = [], [], []
-        for network in (self.network, self.network2):
-            output, network_features = network(batch.data, return_features=True)
-            supervised.append(self.loss(batch.split(output)[0], batch.target))
-            logits.append(output[0] if isinstance(output, (list, tuple)) else output)
-            features.append(network_features)
-        labels = (batch.target[0] if isinstance(batch.target, list) else batch.target)[:, 0].long()
-        return guidednet_loss(
-            logits, features, supervised, labels, self.ktcps_weights, self.global_iteration, self.all_reduce
+        return scheme_loss(
+            (self.network, self.network2),
+            batch.data,
+            batch.target,
+            self.loss,
+            self.ktcps_weights,
+            self.global_iteration,
+            self.all_reduce,
         )
+
+    @staticmethod
+    def benchmark_train_step(
+        network: nn.Module,
+        build_network: Callable[[], nn.Module],
+        data: torch.Tensor,
+        target: list[torch.Tensor],
+        loss: nn.Module,
+        num_labeled: int,
+        num_classes: int,
+    ) -> tuple[Callable[[], None], list[nn.Module]]:
+        """One GuidedNet train step for ``nnUNetv2_ext_benchmark``: the second network (``build_network()``, Xavier
+        init), nnU-Net's SGD for both, the scheme loss (:func:`scheme_loss`, ramp at full weight), one backward,
+        clipping at 12 and both optimizer steps, on ``data`` (B, C, *S) whose first ``num_labeled`` samples are
+        labeled by ``target`` (deep-supervision list, B samples each; ``num_classes`` classes). Returns the step and
+        the extra networks."""
+        network2 = build_network()
+        xavier_initialise(network2)
+        networks = (network, network2)
+        optimizers = [
+            torch.optim.SGD(n.parameters(), 1e-2, weight_decay=3e-5, momentum=0.99, nesterov=True) for n in networks
+        ]
+        labeled_target = [t[:num_labeled] for t in target]
+        class_weights = KTCPSClassWeights(num_classes, device=data.device)
+        class_weights.initialise(torch.bincount(labeled_target[0].flatten().long(), minlength=num_classes).float())
+
+        def step() -> None:
+            for optimizer in optimizers:
+                optimizer.zero_grad(set_to_none=True)
+            total, _ = scheme_loss(networks, data, labeled_target, loss, class_weights, 30_000)
+            total.backward()
+            for model, optimizer in zip(networks, optimizers):
+                torch.nn.utils.clip_grad_norm_(model.parameters(), GRADIENT_CLIP_NORM)
+                optimizer.step()
+
+        return step, [network2]
 
     def on_train_end(self):
         super().on_train_end()
@@ -183,4 +258,4 @@ class nnUNetTrainerGuidedNet(nnUNetTrainerSemiSupervisedBase):
 class nnUNetTrainerGuidedNet_CMUNeXt(nnUNetTrainerGuidedNet):
     """GuidedNet on CMUNeXt (``nnUNetTrainerCMUNeXt``'s network, 2D and 3D)."""
 
-    build_network_architecture = guidednet_architecture(nnUNetTrainerCMUNeXt)
+    supervised_trainer = nnUNetTrainerCMUNeXt
