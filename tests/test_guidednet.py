@@ -62,6 +62,18 @@ def test_prototypes_and_responses_match_naive_loops(spatial):
     torch.testing.assert_close(cgmm.response(features, mu).double(), naive_response(features, mu))
 
 
+def test_response_gradients_match_autograd_of_the_dense_formula():
+    generator = torch.Generator().manual_seed(3)
+    features = torch.randn(2, 4, 3, 5, 6, dtype=torch.float64, generator=generator, requires_grad=True)
+    mu = torch.randn(2, 3, 4, dtype=torch.float64, generator=generator, requires_grad=True)
+    upstream = torch.rand(2, 3, 3, 5, 6, dtype=torch.float64, generator=generator)
+    lean = torch.autograd.grad((cgmm.response(features, mu) * upstream).sum(), (features, mu))
+    dense_distance = (features[:, None] - mu[:, :, :, None, None, None]).abs().mean(2)  # (B, K, *S)
+    dense = torch.autograd.grad((torch.exp(-dense_distance.square()) * upstream).sum(), (features, mu))
+    for ours, reference in zip(lean, dense):
+        torch.testing.assert_close(ours.double(), reference, rtol=1e-5, atol=1e-6)
+
+
 def test_prototype_separation_on_a_hand_example():
     mu = torch.tensor([[[0.0, 0.0], [1.0, 3.0], [0.0, 0.0]], [[1.0, 1.0], [0.0, 1.0], [2.0, 0.0]]])
     presence = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]])

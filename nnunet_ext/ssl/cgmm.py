@@ -13,8 +13,9 @@ spatial patch (2D or 3D), ``V = prod(S)`` voxels.
   consistency of the two networks' responses (:func:`response_consistency`).
 
 Memory (issue item 2): prototypes are a ``scatter_add`` over voxels (``B x C x K`` result, no ``K x V`` one-hot);
-distances use ``torch.cdist(p=1)``, whose forward and backward never materialise the ``B x K x C x V`` difference
-tensor, so the largest temporaries are the ``B x K x V`` response maps the losses are defined on.
+distances use ``torch.cdist(p=1)`` forward and a backward looping over the K classes (:class:`_MeanAbsoluteDistance`),
+so no ``B x K x C x V`` difference tensor is ever built: the largest temporaries are the ``B x K x V`` response maps
+the losses are defined on and ``B x C x V`` feature-sized maps.
 
 Deviations from the official code, each noted where it happens: unlabeled patches are paired with labeled patch
 ``j mod L`` (the official batch always has as many of each); the unlabeled loss is computed in float32 (the
@@ -58,12 +59,42 @@ def prototypes(features: torch.Tensor, labels: torch.Tensor, num_classes: int) -
     return sums.transpose(1, 2) / (counts.unsqueeze(-1) + EPSILON)
 
 
+class _MeanAbsoluteDistance(torch.autograd.Function):
+    """``d[b, v, k] = (1/C) sum_c |x[b, v, c] - y[b, k, c]|`` for x (B, V, C), y (B, K, C), with a memory-lean
+    backward.
+
+    ``torch.cdist(p=1)`` computes the forward without a ``B x V x K x C`` temporary, but its CUDA backward allocates
+    exactly that buffer (once per input), which is gigabytes for a 3D patch. The backward here loops over the K
+    classes (not voxels), each pass holding one ``B x V x C`` sign map:
+    ``dx = (1/C) sum_k g[..., k] sign(x - y_k)``, ``dy_k = -(1/C) sum_v g[..., k] sign(x - y_k)``.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x, y)
+        return torch.cdist(x, y, p=1) / x.shape[-1]
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, y = ctx.saved_tensors
+        grad = grad / x.shape[-1]
+        grad_x = torch.zeros_like(x) if ctx.needs_input_grad[0] else None
+        grad_y = torch.zeros_like(y) if ctx.needs_input_grad[1] else None
+        for k in range(y.shape[1]):
+            weighted_sign = torch.sign(x - y[:, k : k + 1]) * grad[:, :, k : k + 1]
+            if grad_x is not None:
+                grad_x += weighted_sign
+            if grad_y is not None:
+                grad_y[:, k] = -weighted_sign.sum(1)
+        return grad_x, grad_y
+
+
 def response(features: torch.Tensor, class_prototypes: torch.Tensor) -> torch.Tensor:
     """GMM response ``g = exp(-d^2)``: (B, K, *S) for ``features`` (B, C, *S) and prototypes (B, K, C), with ``d``
     the mean absolute feature distance (official ``GMM``/``GMM_predict``, no presence mask here)."""
     batch, channels, *spatial = features.shape
-    flat = features.reshape(batch, channels, -1).transpose(1, 2).float()
-    distance = torch.cdist(flat, class_prototypes.float(), p=1) / channels  # (B, V, K)
+    flat = features.reshape(batch, channels, -1).transpose(1, 2).float().contiguous()
+    distance = _MeanAbsoluteDistance.apply(flat, class_prototypes.float().contiguous())  # (B, V, K)
     return torch.exp(-distance.square()).transpose(1, 2).reshape(batch, -1, *spatial)
 
 
