@@ -268,6 +268,7 @@ def test_networks_without_a_readable_last_feature_are_refused():
 
 
 @pytest.mark.parametrize(("build", "conv_op", "shape"), [(tiny_plain_unet, nn.Conv2d, (16, 16)),
+                                                          (tiny_plain_unet, nn.Conv3d, (8, 16, 16)),
                                                           (tiny_cmunext, nn.Conv3d, (8, 16, 16))])  # fmt: skip
 def test_both_networks_receive_gradients_from_every_term(build, conv_op, shape):
     torch.manual_seed(0)
