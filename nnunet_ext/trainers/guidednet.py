@@ -69,7 +69,7 @@ AVERAGE_CHECKPOINT = "checkpoint_final_average.pth"
 
 
 def build_feature_network(
-    build_network_architecture,
+    build_network_architecture: Callable[..., nn.Module],
     plans_manager: PlansManager,
     configuration_manager: ConfigurationManager,
     num_input_channels: int,
@@ -146,8 +146,6 @@ class nnUNetTrainerGuidedNet(nnUNetTrainerSemiSupervisedBase):
             cls.build_network_architecture = guidednet_architecture(cls.supervised_trainer)
 
     def initialize(self):
-        if self.was_initialized:
-            return
         super().initialize()
         if self.label_manager.has_regions or self.label_manager.has_ignore_label:
             raise RuntimeError(
