@@ -17,6 +17,9 @@ the loss of the official ``train_guidedNet_flare.py`` (:func:`nnunet_ext.ssl.gui
 
 The ramp is counted in nnU-Net iterations over the whole run (``global_iteration``, restored by ``--c``).
 
+Backbone: the plans' network (nnU-Net's PlainConvUNet, or the combined architecture), not the official 16-filter
+3D U-Net with dropout; 3D-CGMM runs on its last decoder feature (32 channels for nnU-Net's U-Net, 16 officially).
+
 Networks: network 1 is ``self.network`` with its builder's initialisation (nnU-Net's He/Kaiming init for the plans'
 U-Net, as the official net1's ``kaiming_normal_``); network 2 (``self.network2``) is built the same way and its
 convolution weights re-drawn with ``xavier_normal_`` (biases zero), as the official net2. Each has nnU-Net's optimizer
