@@ -28,7 +28,6 @@ import itertools
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 #: the official code's guard in prototype means and presence-weighted averages
 EPSILON = 1e-6
@@ -142,7 +141,7 @@ def labeled_gmm_loss(
     - ``L2``: the presence-masked response ``g * m`` (B, K, *S) fits the one-hot ground truth ``labels`` (B, *S);
     both presence-weighted per voxel.
     """
-    one_hot = F.one_hot(labels.long(), probabilities.shape[1]).movedim(-1, 1).to(probabilities.dtype)
+    one_hot = torch.zeros_like(probabilities).scatter_(1, labels.long().unsqueeze(1), 1.0)
     return _masked_bce(probabilities, masked_response, presence) + _masked_bce(masked_response, one_hot, presence)
 
 
