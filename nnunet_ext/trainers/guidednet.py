@@ -23,8 +23,9 @@ Backbone: the plans' network (nnU-Net's PlainConvUNet, or the combined architect
 Networks: network 1 is ``self.network`` with its builder's initialisation (nnU-Net's He/Kaiming init for the plans'
 U-Net, as the official net1's ``kaiming_normal_``); network 2 (``self.network2``) is built the same way and its
 convolution weights re-drawn with ``xavier_normal_`` (biases zero), as the official net2. Each has nnU-Net's optimizer
-and poly schedule (SGD 1e-2, momentum 0.99, Nesterov; the official recipe is SGD 0.1/0.9/1e-4 poly, over 20 000
-iterations: design §5 keeps nnU-Net's recipe so runs compare across trainers).
+and poly schedule, from :meth:`nnUNetTrainerGuidedNet.optimizer_for` (SGD 1e-2, momentum 0.99, Nesterov; the official
+recipe is SGD 0.1/0.9/1e-4 poly over 20 000 iterations: design §5 keeps nnU-Net's recipe so runs compare across
+trainers).
 
 Inference: ``nnUNetv2_predict -tr nnUNetTrainerGuidedNet`` uses **network 1** (``self.network``; the official
 prediction scripts load one network): ``checkpoint_final.pth``/``checkpoint_best.pth`` hold network 1 in
@@ -163,16 +164,22 @@ class nnUNetTrainerGuidedNet(nnUNetTrainerSemiSupervisedBase):
             self.enable_deep_supervision,
         )
         xavier_initialise(network2)
-        optimizer2 = torch.optim.SGD(
-            network2.parameters(), self.initial_lr, weight_decay=self.weight_decay, momentum=0.99, nesterov=True
-        )
-        self.register_network(
-            "network2", network2, optimizer2, PolyLRScheduler(optimizer2, self.initial_lr, self.num_epochs)
-        )
+        self.register_network("network2", network2, *self.optimizer_for(network2))
         self.ktcps_weights = KTCPSClassWeights(
             self.label_manager.num_segmentation_heads, shared=self.ktcps_shared_state, device=self.device
         )
         self.register_state("ktcps_weights")
+
+    def optimizer_for(self, network: nn.Module) -> tuple[torch.optim.Optimizer, PolyLRScheduler]:
+        """Optimizer and schedule of either network: nnU-Net's (SGD, momentum 0.99, Nesterov, poly). A combination
+        whose architecture needs another recipe overrides this one method."""
+        optimizer = torch.optim.SGD(
+            network.parameters(), self.initial_lr, weight_decay=self.weight_decay, momentum=0.99, nesterov=True
+        )
+        return optimizer, PolyLRScheduler(optimizer, self.initial_lr, self.num_epochs)
+
+    def configure_optimizers(self):
+        return self.optimizer_for(self.network)
 
     def on_train_start(self):
         super().on_train_start()
