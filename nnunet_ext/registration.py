@@ -28,6 +28,11 @@ TRAINERS: dict[str, str] = {
     "nnUNetTrainerMGCC_GCGLE": "nnunet_ext.trainers.mgcc:nnUNetTrainerMGCC_GCGLE",
     "nnUNetTrainerMGCC_GCTxUNet": "nnunet_ext.trainers.mgcc:nnUNetTrainerMGCC_GCTxUNet",
     "nnUNetTrainerMGCC_GCTUNet": "nnunet_ext.trainers.mgcc:nnUNetTrainerMGCC_GCTUNet",
+    "nnUNetTrainerGuidedNet": "nnunet_ext.trainers.guidednet:nnUNetTrainerGuidedNet",
+    "nnUNetTrainerGuidedNet_CMUNeXt": "nnunet_ext.trainers.guidednet:nnUNetTrainerGuidedNet_CMUNeXt",
+    "nnUNetTrainerGuidedNet_GCGLE": "nnunet_ext.trainers.guidednet:nnUNetTrainerGuidedNet_GCGLE",
+    "nnUNetTrainerGuidedNet_GCTxUNet": "nnunet_ext.trainers.guidednet:nnUNetTrainerGuidedNet_GCTxUNet",
+    "nnUNetTrainerGuidedNet_GCTUNet": "nnunet_ext.trainers.guidednet:nnUNetTrainerGuidedNet_GCTUNet",
 }
 
 

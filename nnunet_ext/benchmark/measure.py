@@ -13,11 +13,11 @@ Every trainer is measured the same way:
   (CPU: resident set size; CUDA: ``torch.cuda.max_memory_allocated``): parameters, gradients, optimizer state and
   activations.
 
-Semi-supervised trainers (MGCC): ``train_step_ms`` is the scheme's step at the same total batch (half labeled,
-half unlabeled: one forward of the whole batch through the main and auxiliary decoders, the MGCC objective at full
-consistency weight, backward, clipping, SGD step); ``supervised_step_ms`` is nnU-Net's supervised step above on
-the same network's inference path (encoder, ConvMixer chain, main decoder) with the whole batch labeled, i.e. the
-cost of training that network without the scheme.
+Semi-supervised trainers that define ``benchmark_train_step`` (a staticmethod, see
+:meth:`nnunet_ext.trainers.guidednet.nnUNetTrainerGuidedNet.benchmark_train_step`) are timed on their own train step
+(all their networks, the scheme loss) on the same batch, its first ``labeled_batch_fraction`` labeled; ``params``
+then counts every network they build, and ``supervised_reference`` names their ``supervised_trainer``, the
+one-network supervised training they are compared with at the same total batch.
 """
 
 from __future__ import annotations
@@ -38,7 +38,6 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from nnunet_ext.benchmark.presets import BenchmarkSetting
-from nnunet_ext.ssl.mgcc_loss import CONSISTENCY_WEIGHT, MGCCObjective
 from nnunet_ext.trainers.semi_supervised import split_batch
 
 
@@ -52,7 +51,7 @@ class Measurement:
     forward_ms: float = float("nan")
     train_step_ms: float = float("nan")
     peak_memory_mb: float = float("nan")
-    supervised_step_ms: float = float("nan")
+    supervised_reference: str | None = None
     error: str | None = None
 
     def as_dict(self) -> dict:
@@ -138,6 +137,22 @@ def peak_memory_mb(device: torch.device, baseline: int) -> float:
     return (peak - baseline) / 2**20
 
 
+def supervised_train_step(
+    network: nn.Module, batch: torch.Tensor, targets: list[torch.Tensor], loss_fn: nn.Module
+) -> Callable[[], None]:
+    """nnU-Net's train step: forward, loss, backward, clipping at 12, SGD (momentum 0.99, Nesterov) step."""
+    optimizer = torch.optim.SGD(network.parameters(), lr=1e-2, momentum=0.99, nesterov=True, weight_decay=3e-5)
+
+    def train_step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn(network(batch), targets)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(network.parameters(), 12)
+        optimizer.step()
+
+    return train_step
+
+
 def measure_trainer(
     trainer_name: str, setting: BenchmarkSetting, device_name: str, warmup: int, repeats: int, threads: int
 ) -> dict:
@@ -153,17 +168,21 @@ def measure_trainer(
     try:
         trainer_class = recursive_find_trainer_class_by_name(trainer_name)
         memory_before = memory_in_use(device)
-        network = trainer_class.build_network_architecture(
-            setting.plans_manager,
-            setting.configuration_manager,
-            setting.input_channels,
-            setting.num_classes,
-            True,
-        ).to(device)
+
+        def build() -> nn.Module:
+            return trainer_class.build_network_architecture(
+                setting.plans_manager,
+                setting.configuration_manager,
+                setting.input_channels,
+                setting.num_classes,
+                True,
+            )
+
+        network = build().to(device)
     except Exception as error:
         measurement.error = f"{type(error).__name__}: {error}"
         return measurement.as_dict()
-    measurement.network = type(network).__name__
+    measurement.network = getattr(network, "network_name", type(network).__name__)
     measurement.params = sum(p.numel() for p in network.parameters())
 
     patch = setting.patch_size
@@ -179,43 +198,24 @@ def measure_trainer(
         for scale in scales
     ]
     loss_fn = nnunet_loss(scales)
-    optimizer = torch.optim.SGD(network.parameters(), lr=1e-2, momentum=0.99, nesterov=True, weight_decay=3e-5)
-
-    def supervised_loss(forward: Callable[[torch.Tensor], object]) -> torch.Tensor:
-        return loss_fn(forward(batch), targets)
-
-    scheme = hasattr(network, "forward_main")
-    if scheme:
-        labeled, _ = split_batch(setting.batch_size, trainer_class.labeled_batch_fraction)
-        if labeled >= setting.batch_size:
-            measurement.error = f"a semi-supervised step needs a batch of at least 2, got {setting.batch_size}"
-            return measurement.as_dict()
-        objective = MGCCObjective(False, loss_fn.weight_factors)
-        labeled_targets = [t[:labeled] for t in targets]
-
-        def step_loss() -> torch.Tensor:
-            return objective(network(batch), labeled_targets, labeled, CONSISTENCY_WEIGHT)[0]
+    scheme_step = getattr(trainer_class, "benchmark_train_step", None)
+    if scheme_step is None:
+        train_step = supervised_train_step(network, batch, targets, loss_fn)
     else:
-
-        def step_loss() -> torch.Tensor:
-            return supervised_loss(network)
-
-    def train_step(compute_loss: Callable[[], torch.Tensor]) -> None:
-        optimizer.zero_grad(set_to_none=True)
-        compute_loss().backward()
-        torch.nn.utils.clip_grad_norm_(network.parameters(), 12)
-        optimizer.step()
+        supervised_trainer = getattr(trainer_class, "supervised_trainer", None)
+        measurement.supervised_reference = supervised_trainer.__name__ if supervised_trainer else None
+        num_labeled, _ = split_batch(setting.batch_size, trainer_class.labeled_batch_fraction)
+        train_step, extra_networks = scheme_step(
+            network, lambda: build().to(device), batch, targets, loss_fn, num_labeled, setting.num_classes
+        )
+        measurement.params += sum(p.numel() for extra in extra_networks for p in extra.parameters())
 
     network.train()
     network.decoder.deep_supervision = True
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    measurement.train_step_ms = median_milliseconds(lambda: train_step(step_loss), device, warmup, repeats)
+    measurement.train_step_ms = median_milliseconds(train_step, device, warmup, repeats)
     measurement.peak_memory_mb = peak_memory_mb(device, memory_before)
-    if scheme:
-        measurement.supervised_step_ms = median_milliseconds(
-            lambda: train_step(lambda: supervised_loss(network.forward_main)), device, warmup, repeats
-        )
 
     network.eval()
     network.decoder.deep_supervision = False

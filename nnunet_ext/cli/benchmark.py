@@ -90,38 +90,28 @@ def format_table(rows: list[dict], reference: dict | None) -> str:
     return "\n".join(lines)
 
 
-def backbone_trainer_name(scheme_trainer: str) -> str | None:
-    """The supervised trainer of a scheme x architecture name (design section 5): ``nnUNetTrainerMGCC_CMUNeXt`` ->
-    ``nnUNetTrainerCMUNeXt``; None for a scheme on its own network (``nnUNetTrainerMGCC``)."""
-    prefix, _, architecture = scheme_trainer.partition("_")
-    return f"nnUNetTrainer{architecture}" if prefix.startswith("nnUNetTrainer") and architecture else None
-
-
 def format_scheme_table(rows: list[dict]) -> str:
-    """Markdown table of the semi-supervised rows: scheme train step vs supervised training of the same network's
-    inference path, and vs the supervised trainer of the backbone where it was measured (same total batch)."""
+    """Markdown table of each semi-supervised trainer's train step over its supervised reference's (one network,
+    same total batch), for the rows that have one; empty if there are none."""
     measured = {row["trainer"]: row for row in rows if not row["error"]}
-    scheme_rows = [row for row in measured.values() if not math.isnan(row.get("supervised_step_ms", math.nan))]
-    if not scheme_rows:
-        return ""
-    lines = [
-        "| scheme trainer | train-step ms | same network supervised ms | x supervised | backbone trainer | "
-        "backbone train-step ms | x backbone |",
-        "|" + "---|" * 7,
-    ]
-    for row in scheme_rows:
-        backbone = measured.get(backbone_trainer_name(row["trainer"]) or "")
-        backbone_cells = (
-            f"{backbone['trainer']} | {backbone['train_step_ms']:.1f} | "
-            f"{row['train_step_ms'] / backbone['train_step_ms']:.2f}"
-            if backbone
-            else "- | - | -"
-        )
+    lines = []
+    for row in measured.values():
+        reference = measured.get(row.get("supervised_reference") or "")
+        if reference is None:
+            continue
+        ratio = row["train_step_ms"] / reference["train_step_ms"]
         lines.append(
-            f"| {row['trainer']} | {row['train_step_ms']:.1f} | {row['supervised_step_ms']:.1f} | "
-            f"{row['train_step_ms'] / row['supervised_step_ms']:.2f} | {backbone_cells} |"
+            f"| {row['trainer']} | {reference['trainer']} | {row['train_step_ms']:.1f} | "
+            f"{reference['train_step_ms']:.1f} | {ratio:.2f} | {row['peak_memory_mb']:.0f} | "
+            f"{reference['peak_memory_mb']:.0f} |"
         )
-    return "\n".join(lines)
+    if not lines:
+        return ""
+    header = (
+        "| scheme trainer | supervised reference | scheme train-step ms | supervised train-step ms | x supervised | "
+        "scheme peak MB | supervised peak MB |"
+    )
+    return "\n".join([header, "|" + "---|" * 7, *lines])
 
 
 def run_benchmark(
@@ -159,13 +149,9 @@ def main(argv: list[str] | None = None) -> None:
         f"{args.threads} threads, torch {torch.__version__}, {platform.processor() or platform.machine()}\n"
     )
     print(format_table(rows, reference))
-    scheme_table = format_scheme_table(rows)
-    if scheme_table:
-        print(
-            "\nSemi-supervised train step (half labeled + half unlabeled) vs supervised training at the same total "
-            "batch (target: <= 3x)\n"
-        )
-        print(scheme_table)
+    schemes = format_scheme_table(rows)
+    if schemes:
+        print(f"\nSemi-supervised train step vs supervised training of one network, same total batch:\n\n{schemes}")
     output = args.output or Path(f"benchmark_{name}_{args.device}.json")
     report = {
         "setting": setting.label,

@@ -4,7 +4,7 @@ The scheme (:mod:`nnunet_ext.networks.mgcc`, :mod:`nnunet_ext.ssl.mgcc_loss`) is
 contract, so MGCC on another architecture is a subclass naming that architecture's supervised trainer::
 
     class nnUNetTrainerMGCC_CMUNeXt(nnUNetTrainerMGCC):
-        build_network_architecture = mgcc_architecture(nnUNetTrainerCMUNeXt)
+        supervised_trainer = nnUNetTrainerCMUNeXt
 
 plus its line in :data:`nnunet_ext.registration.TRAINERS`. The backbone's encoder is shared, the ConvMixer chain
 sits on its bottleneck, and three further instances of its decoder are the auxiliary decoders.
@@ -22,13 +22,17 @@ from torch import nn
 
 from nnunet_ext.networks.common import SegmentationNetwork
 from nnunet_ext.networks.mgcc import MGCC_DIMS, MGCCNetwork, mgcc_from_backbones, mgcc_unet
-from nnunet_ext.ssl.mgcc_loss import MGCCObjective, consistency_weight
+from nnunet_ext.ssl.mgcc_loss import CONSISTENCY_WEIGHT, MGCCObjective, consistency_weight
 from nnunet_ext.trainers.cmunext import nnUNetTrainerCMUNeXt
 from nnunet_ext.trainers.gcgle import nnUNetTrainerGCGLE
 from nnunet_ext.trainers.gct_unet import nnUNetTrainerGCTUNet
 from nnunet_ext.trainers.gctx_unet import nnUNetTrainerGCTxUNet
 from nnunet_ext.trainers.plans import conv_op_of, stage_strides
-from nnunet_ext.trainers.semi_supervised import SemiSupervisedBatch, nnUNetTrainerSemiSupervisedBase
+from nnunet_ext.trainers.semi_supervised import (
+    GRADIENT_CLIP_NORM,
+    SemiSupervisedBatch,
+    nnUNetTrainerSemiSupervisedBase,
+)
 
 #: ``build_network_architecture(plans_manager, configuration_manager, num_input_channels, num_output_channels,
 #: enable_deep_supervision)`` of a supervised trainer
@@ -98,6 +102,7 @@ class nnUNetTrainerMGCC(nnUNetTrainerSemiSupervisedBase):
     decoder only. Ignore labels are not supported (the published losses have no masked form).
     """
 
+    scheme_architecture = staticmethod(mgcc_architecture)
     build_network_architecture = mgcc_architecture(build_mgcc_unet)
 
     def __init__(
@@ -121,6 +126,35 @@ class nnUNetTrainerMGCC(nnUNetTrainerSemiSupervisedBase):
         self.objective = MGCCObjective(self.label_manager.has_regions, weights)
         return self.objective.main_loss
 
+    @staticmethod
+    def benchmark_train_step(
+        network: nn.Module,
+        build_network: Callable[[], nn.Module],
+        data: torch.Tensor,
+        target: list[torch.Tensor],
+        loss: nn.Module,
+        num_labeled: int,
+        num_classes: int,
+    ) -> tuple[Callable[[], None], list[nn.Module]]:
+        """One MGCC train step for ``nnUNetv2_ext_benchmark``: one forward of ``data`` (B, C, *S; the first
+        ``num_labeled`` samples labeled by ``target``, nnU-Net's deep-supervision list) through the main and the
+        auxiliary decoders, the MGCC objective at full consistency weight, backward, clipping, nnU-Net's SGD step.
+        MGCC trains one network, so no extra network is returned."""
+        if num_labeled >= data.shape[0]:
+            raise ValueError(f"an MGCC step needs unlabeled samples: batch {data.shape[0]}, {num_labeled} labeled")
+        objective = MGCCObjective(False, loss.weight_factors)
+        labeled_target = [t[:num_labeled] for t in target]
+        optimizer = torch.optim.SGD(network.parameters(), lr=1e-2, momentum=0.99, nesterov=True, weight_decay=3e-5)
+
+        def step() -> None:
+            optimizer.zero_grad(set_to_none=True)
+            total, _ = objective(network(data), labeled_target, num_labeled, CONSISTENCY_WEIGHT)
+            total.backward()
+            torch.nn.utils.clip_grad_norm_(network.parameters(), GRADIENT_CLIP_NORM)
+            optimizer.step()
+
+        return step, []
+
     def compute_scheme_loss(self, batch: SemiSupervisedBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
         outputs = self.network(batch.data)
         return self.objective(outputs, batch.target, batch.num_labeled, consistency_weight(self.global_iteration))
@@ -129,7 +163,7 @@ class nnUNetTrainerMGCC(nnUNetTrainerSemiSupervisedBase):
 class nnUNetTrainerMGCC_CMUNeXt(nnUNetTrainerMGCC):
     """MGCC on CMUNeXt (:class:`nnunet_ext.trainers.cmunext.nnUNetTrainerCMUNeXt`); 2D and 3D."""
 
-    build_network_architecture = mgcc_architecture(nnUNetTrainerCMUNeXt)
+    supervised_trainer = nnUNetTrainerCMUNeXt
 
 
 class nnUNetTrainerMGCC_GCGLE(nnUNetTrainerMGCC):
@@ -138,7 +172,7 @@ class nnUNetTrainerMGCC_GCGLE(nnUNetTrainerMGCC):
     Trained with the scheme's recipe (nnU-Net's SGD), not GCGLE-Net's SGD 0.9: the two were not compared here.
     """
 
-    build_network_architecture = mgcc_architecture(nnUNetTrainerGCGLE)
+    supervised_trainer = nnUNetTrainerGCGLE
 
 
 class nnUNetTrainerMGCC_GCTxUNet(nnUNetTrainerMGCC):
@@ -147,10 +181,10 @@ class nnUNetTrainerMGCC_GCTxUNet(nnUNetTrainerMGCC):
     Trained with the scheme's recipe (nnU-Net's SGD), not GCtx-UNet's AdamW: the two were not compared here.
     """
 
-    build_network_architecture = mgcc_architecture(nnUNetTrainerGCTxUNet)
+    supervised_trainer = nnUNetTrainerGCTxUNet
 
 
 class nnUNetTrainerMGCC_GCTUNet(nnUNetTrainerMGCC):
     """MGCC on the GCT-module U-Net (:class:`nnunet_ext.trainers.gct_unet.nnUNetTrainerGCTUNet`); 2D and 3D."""
 
-    build_network_architecture = mgcc_architecture(nnUNetTrainerGCTUNet)
+    supervised_trainer = nnUNetTrainerGCTUNet

@@ -171,6 +171,21 @@ class nnUNetTrainerSemiSupervisedBase(nnUNetTrainerExtBase, metaclass=ABCMeta):
     labeled_batch_fraction: float = 0.5
     #: unlabeled sources drawn from when present: "split", "real", "synthetic"
     unlabeled_sources: tuple[str, ...] = SOURCES
+    #: the supervised trainer whose architecture the scheme trains (None: the scheme's own network); the benchmark
+    #: compares the scheme's train step with this trainer's at the same total batch
+    supervised_trainer: type | None = None
+
+    @staticmethod
+    def scheme_architecture(supervised_trainer: type) -> staticmethod:
+        """The ``build_network_architecture`` of this scheme on ``supervised_trainer``'s architecture."""
+        raise NotImplementedError
+
+    def __init_subclass__(cls, **kwargs):
+        """A subclass that sets ``supervised_trainer`` trains the scheme on that trainer's architecture, e.g.
+        ``class nnUNetTrainerMGCC_CMUNeXt(nnUNetTrainerMGCC): supervised_trainer = nnUNetTrainerCMUNeXt``."""
+        super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("supervised_trainer") is not None:
+            cls.build_network_architecture = cls.scheme_architecture(cls.supervised_trainer)
 
     def __init__(
         self,

@@ -1,0 +1,69 @@
+"""GuidedNet's loss composition (official ``train_guidedNet_flare.py``, ``reference/ssl.md`` §3.5)::
+
+    loss = sum_{n=1,2} [ sup_n + lambda (gmm_n + gmm_u_n + w(t) cons) ] + w(t) ktcps
+    lambda = 0.3 ("lanmuda"), w(t) = 0.1 * sigmoid_rampup(iteration // 150, 200) ("consistency")
+
+``cons`` (3D-CGMM response consistency) is added once per network, i.e. twice, as in the official code. The
+supervised terms are computed by the caller (the trainer uses nnU-Net's Dice + CE with deep supervision).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+from nnunet_ext.ssl.cgmm import cgmm_terms, response_consistency
+from nnunet_ext.ssl.ktcps import KTCPSClassWeights, correct_voxel_counts, cross_pseudo_supervision
+from nnunet_ext.ssl.ramps import ramped_weight
+
+#: the official ``--lanmuda``: weight of the 3D-CGMM terms
+CGMM_WEIGHT = 0.3
+#: the official ``--consistency``: final weight of KT-CPS and of the CGMM consistency (ramped)
+CONSISTENCY_WEIGHT = 0.1
+#: the official ``--consistency_rampup``, in steps of 150 iterations
+CONSISTENCY_RAMPUP = 200
+
+
+def guidednet_loss(
+    logits: Sequence[torch.Tensor],
+    features: Sequence[torch.Tensor],
+    supervised: Sequence[torch.Tensor],
+    labels: torch.Tensor,
+    class_weights: KTCPSClassWeights,
+    iteration: int,
+    reduce_counts: Callable[[torch.Tensor], torch.Tensor] = lambda counts: counts,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
+    """GuidedNet's training loss for one iteration and its terms; updates ``class_weights`` (KT-CPS EMA).
+
+    Args:
+        logits: the two networks' full-resolution logits on the whole batch (B, K, *S), labeled samples first.
+        features: their last decoder feature maps (B, C, *S).
+        supervised: their supervised losses on the labeled samples (scalars).
+        labels: ground truth of the labeled samples (L, *S), integer classes; L = ``labels.shape[0]``.
+        class_weights: the KT-CPS state (per network or shared).
+        iteration: 0-based global training iteration (ramp-up position).
+        reduce_counts: applied to each network's correct-voxel counts (K,) before the class-weight update (sum over
+            DDP ranks, so every rank keeps the same state).
+    """
+    num_labeled = labels.shape[0]
+    weight = ramped_weight(CONSISTENCY_WEIGHT, iteration, CONSISTENCY_RAMPUP)
+    terms: dict[str, torch.Tensor | float] = {}
+    loss = supervised[0] + supervised[1]
+    responses, counts = [], []
+    for index, (network_logits, network_features) in enumerate(zip(logits, features), start=1):
+        cgmm = cgmm_terms(torch.softmax(network_logits.float(), 1), network_features, labels, num_labeled)
+        loss = loss + CGMM_WEIGHT * (cgmm.gmm + cgmm.gmm_unlabeled)
+        responses.append(cgmm.masked_response)
+        counts.append(reduce_counts(correct_voxel_counts(network_logits[:num_labeled].detach(), labels)))
+        terms |= {
+            f"supervised{index}": supervised[index - 1],
+            f"gmm{index}": cgmm.gmm,
+            f"gmm_u{index}": cgmm.gmm_unlabeled,
+        }
+    consistency = response_consistency(*responses)
+    weights_a, weights_b = class_weights.update(*counts)
+    ktcps = cross_pseudo_supervision(logits[0], logits[1], weights_a, weights_b)
+    loss = loss + 2 * CGMM_WEIGHT * weight * consistency + weight * ktcps
+    terms |= {"cgmm_consistency": consistency, "ktcps": ktcps, "consistency_weight": weight}
+    return loss, terms
