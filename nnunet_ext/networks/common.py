@@ -47,6 +47,18 @@ def to_channels_last(x: torch.Tensor) -> torch.Tensor:
     return x.contiguous(memory_format=memory_format)
 
 
+def init_transformer_weights(module: nn.Module) -> None:
+    """The ViT-family initialisation the official GCGLE-Net and GCtx-UNet code apply with ``network.apply``:
+    Linear weights trunc_normal(std 0.02) with zero bias, LayerNorm (1, 0); other modules keep PyTorch's default."""
+    if isinstance(module, nn.Linear):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
 def interpolation_mode(conv_op: type[_ConvNd]) -> str:
     """The linear interpolation mode matching ``conv_op``: bilinear in 2D, trilinear in 3D."""
     return {2: "bilinear", 3: "trilinear"}[conv_dimension(conv_op)]

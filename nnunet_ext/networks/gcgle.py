@@ -38,7 +38,7 @@ from monai.networks.layers import DropPath
 from torch import nn
 
 from nnunet_ext.networks.attention.bra import AttentionLePE, BiLevelRoutingAttention
-from nnunet_ext.networks.common import SegmentationDecoder, SegmentationNetwork
+from nnunet_ext.networks.common import SegmentationDecoder, SegmentationNetwork, init_transformer_weights
 
 
 @dataclass(frozen=True)
@@ -398,18 +398,7 @@ class GCGLENet(SegmentationNetwork):
     ):
         super().__init__(GCGLEEncoder(input_channels, config), GCGLEDecoder(num_classes, config, deep_supervision))
         self.config = config
-        self.apply(_init_weights)
-
-
-def _init_weights(module: nn.Module) -> None:
-    """The official initialisation: trunc_normal(std .02) Linear weights, zero bias; LayerNorm (1, 0)."""
-    if isinstance(module, nn.Linear):
-        nn.init.trunc_normal_(module.weight, std=0.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.LayerNorm):
-        nn.init.ones_(module.weight)
-        nn.init.zeros_(module.bias)
+        self.apply(init_transformer_weights)
 
 
 def load_pretrained_encoder(network: GCGLENet, checkpoint: Mapping[str, torch.Tensor]) -> tuple[list[str], list[str]]:

@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from dynamic_network_architectures.building_blocks.regularization import DropPath
 from torch import nn
 
-from nnunet_ext.networks.common import SegmentationDecoder, SegmentationNetwork
+from nnunet_ext.networks.common import SegmentationDecoder, SegmentationNetwork, init_transformer_weights
 
 Window = tuple[int, int]
 
@@ -531,18 +531,7 @@ class GCtxUNet(SegmentationNetwork):
             GCtxEncoder(input_channels, patch_size, embed_dim, num_heads, mlp_ratio, drop_paths, repeat_grayscale),
             GCtxDecoder(num_classes, patch_size, embed_dim, num_heads, mlp_ratio, drop_paths, deep_supervision),
         )
-        self.apply(init_weights)
-
-
-def init_weights(module: nn.Module) -> None:
-    """Official init: Linear trunc_normal(0.02) with zero bias, LayerNorm (1, 0); convs keep PyTorch's default."""
-    if isinstance(module, nn.Linear):
-        nn.init.trunc_normal_(module.weight, std=0.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.LayerNorm):
-        nn.init.ones_(module.weight)
-        nn.init.zeros_(module.bias)
+        self.apply(init_transformer_weights)
 
 
 #: first component of an official ``GCViT`` state-dict name -> our module path
