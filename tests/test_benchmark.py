@@ -97,21 +97,23 @@ def test_mgcc_is_timed_on_its_scheme_step_and_compared_with_its_backbone_trainer
     setting = BenchmarkSetting("tiny", plans_for_preset("tiny", preset), "tiny", 2, 3, 2)
     row = measure_trainer("nnUNetTrainerMGCC_CMUNeXt", setting, "cpu", warmup=0, repeats=1, threads=1)
     assert row["error"] is None and row["network"] == "MGCCNetwork"
-    assert row["supervised_reference"] == "nnUNetTrainerCMUNeXt" and row["train_step_ms"] > 0
+    assert row["supervised_reference"] == "nnUNetTrainerCMUNeXt"
+    assert 0 < row["same_network_supervised_ms"] < row["train_step_ms"]
     # inference runs encoder + ConvMixer chain + main decoder: CMUNeXt's 3,149,185 (1 class) + 1 more class head
     # channel + 3 x 3 ConvMixer layers on CMUNeXt's 256 bottleneck channels
     convmixer = 9 * ((49 + 1) * 256 + 2 * 256 + (256 + 1) * 256 + 2 * 256)
     assert row["params_forward"] == 3_149_185 + 17 + convmixer
 
 
-def test_scheme_table_compares_each_scheme_with_its_supervised_reference():
-    def row(trainer, step, memory, reference=None):
-        return {"trainer": trainer, "train_step_ms": step, "peak_memory_mb": memory,
-                "supervised_reference": reference, "error": None}  # fmt: skip
+def test_scheme_table_compares_with_the_same_network_and_with_the_supervised_reference():
+    def row(trainer, step, same=math.nan, reference=None):
+        return {"trainer": trainer, "train_step_ms": step, "peak_memory_mb": 300.0, "error": None,
+                "same_network_supervised_ms": same, "supervised_reference": reference}  # fmt: skip
 
-    rows = [row("nnUNetTrainerCMUNeXt", 20.0, 100.0), row("nnUNetTrainerMGCC_CMUNeXt", 50.0, 300.0,
-            "nnUNetTrainerCMUNeXt"), row("nnUNetTrainerMGCC", 90.0, 900.0)]  # fmt: skip
+    rows = [row("nnUNetTrainerCMUNeXt", 20.0), row("nnUNetTrainerMGCC_CMUNeXt", 50.0, 25.0, "nnUNetTrainerCMUNeXt"),
+            row("nnUNetTrainerMGCC", 90.0, 30.0)]  # fmt: skip
     table = format_scheme_table(rows)
-    assert "| nnUNetTrainerMGCC_CMUNeXt | nnUNetTrainerCMUNeXt | 50.0 | 20.0 | 2.50 | 300 | 100 |" in table
-    assert "nnUNetTrainerMGCC |" not in table  # no supervised reference measured
+    assert "| nnUNetTrainerMGCC_CMUNeXt | 50.0 | 25.0 | 2.00 | nnUNetTrainerCMUNeXt | 20.0 | 2.50 | 300 |" in table
+    assert "| nnUNetTrainerMGCC | 90.0 | 30.0 | 3.00 | - | - | - | 300 |" in table
+    assert not any(line.startswith("| nnUNetTrainerCMUNeXt |") for line in table.splitlines())  # not a scheme
     assert format_scheme_table(rows[:1]) == ""

@@ -310,8 +310,10 @@ def test_benchmark_times_the_scheme_step_and_compares_with_the_supervised_traine
     assert scheme["train_step_ms"] > 0
     table = format_scheme_table(rows)
     ratio = scheme["train_step_ms"] / supervised["train_step_ms"]
-    assert f"| nnUNetTrainerGuidedNet_CMUNeXt | nnUNetTrainerCMUNeXt | {scheme['train_step_ms']:.1f} |" in table
-    assert f"| {ratio:.2f} |" in table and format_scheme_table(rows[:1]) == ""
+    assert f"| nnUNetTrainerGuidedNet_CMUNeXt | {scheme['train_step_ms']:.1f} |" in table
+    assert f"| nnUNetTrainerCMUNeXt | {supervised['train_step_ms']:.1f} | {ratio:.2f} |" in table
+    assert 0 < scheme["same_network_supervised_ms"] < scheme["train_step_ms"]
+    assert format_scheme_table(rows[:1]) == ""
 
 
 GUIDEDNET_COMBINATIONS = sorted(name for name in TRAINERS if name.startswith("nnUNetTrainerGuidedNet_"))

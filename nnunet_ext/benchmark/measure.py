@@ -17,7 +17,10 @@ Semi-supervised trainers that define ``benchmark_train_step`` (a staticmethod, s
 :meth:`nnunet_ext.trainers.guidednet.nnUNetTrainerGuidedNet.benchmark_train_step`) are timed on their own train step
 (all their networks, the scheme loss) on the same batch, its first ``labeled_batch_fraction`` labeled; ``params``
 then counts every network they build, and ``supervised_reference`` names their ``supervised_trainer``, the
-one-network supervised training they are compared with at the same total batch.
+one-network supervised training they are compared with at the same total batch. ``same_network_supervised_ms`` is
+nnU-Net's supervised step above on the scheme network's inference path (``forward_main`` where the network has one,
+e.g. MGCC's encoder, ConvMixer chain and main decoder) with the whole batch labeled: the cost of training that
+network without the scheme, the reference of a scheme on its own network (``nnUNetTrainerMGCC``).
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ class Measurement:
     train_step_ms: float = float("nan")
     peak_memory_mb: float = float("nan")
     supervised_reference: str | None = None
+    same_network_supervised_ms: float = float("nan")
     error: str | None = None
 
     def as_dict(self) -> dict:
@@ -138,14 +142,20 @@ def peak_memory_mb(device: torch.device, baseline: int) -> float:
 
 
 def supervised_train_step(
-    network: nn.Module, batch: torch.Tensor, targets: list[torch.Tensor], loss_fn: nn.Module
+    network: nn.Module,
+    batch: torch.Tensor,
+    targets: list[torch.Tensor],
+    loss_fn: nn.Module,
+    forward: Callable[[torch.Tensor], object] | None = None,
 ) -> Callable[[], None]:
-    """nnU-Net's train step: forward, loss, backward, clipping at 12, SGD (momentum 0.99, Nesterov) step."""
+    """nnU-Net's train step: forward (``network`` or ``forward``), loss, backward, clipping at 12, SGD (momentum
+    0.99, Nesterov) step."""
+    forward = network if forward is None else forward
     optimizer = torch.optim.SGD(network.parameters(), lr=1e-2, momentum=0.99, nesterov=True, weight_decay=3e-5)
 
     def train_step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(network(batch), targets)
+        loss = loss_fn(forward(batch), targets)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(network.parameters(), 12)
         optimizer.step()
@@ -216,6 +226,11 @@ def measure_trainer(
         torch.cuda.reset_peak_memory_stats(device)
     measurement.train_step_ms = median_milliseconds(train_step, device, warmup, repeats)
     measurement.peak_memory_mb = peak_memory_mb(device, memory_before)
+    if scheme_step is not None:
+        inference_path = getattr(network, "forward_main", network)
+        measurement.same_network_supervised_ms = median_milliseconds(
+            supervised_train_step(network, batch, targets, loss_fn, inference_path), device, warmup, repeats
+        )
 
     network.eval()
     network.decoder.deep_supervision = False
