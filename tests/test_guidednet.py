@@ -332,3 +332,19 @@ def test_every_registered_combination_exposes_a_full_resolution_last_feature(tra
     assert isinstance(network, FeatureNetwork) and set(network.state_dict()) == set(reference.state_dict())
     logits, features = network.train()(torch.randn(1, 1, 224, 224), return_features=True)
     assert logits[0].shape == (1, 3, 224, 224) and features.shape[-2:] == (224, 224)
+
+
+@pytest.mark.parametrize("trainer_name", ["nnUNetTrainerGuidedNet_GCTUNet", "nnUNetTrainerMGCC_GCTUNet"])
+def test_schemes_on_gct_unet_train_in_3d_anisotropic_plans(trainer_name):
+    """GCT-UNet is dimension-agnostic, so both schemes on it run in 3D (plans with no pooling along z at first)."""
+    setting = setting_from_preset("3d_aniso", batch_size=1)
+    trainer = find_registered_trainer(trainer_name)
+    network = trainer.build_network_architecture(setting.plans_manager, setting.configuration_manager, 1, 2, True)
+    x = torch.randn(2, 1, 16, 32, 32)
+    if trainer_name.startswith("nnUNetTrainerGuidedNet"):
+        logits, features = network.train()(x, return_features=True)
+        assert features.shape[-3:] == (16, 32, 32)
+    else:
+        logits, *aux = network.train()(x)
+        assert [a.shape for a in aux] == [(2, 2, 16, 32, 32)] * 3
+    assert logits[0].shape == (2, 2, 16, 32, 32)
