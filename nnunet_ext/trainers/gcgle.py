@@ -10,23 +10,21 @@ from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 
 from nnunet_ext.networks.gcgle import GCGLEConfig, GCGLENet, load_pretrained_encoder
 from nnunet_ext.trainers.base import nnUNetTrainerExtBase
+from nnunet_ext.trainers.plans import require_2d
 
 #: environment variable naming a local BiFormer ImageNet checkpoint to initialise the encoder from
 PRETRAINED_VARIABLE = "nnUNet_ext_GCGLE_pretrained"
 
 
-def require_2d(configuration_manager: ConfigurationManager, configuration_name: str = "") -> None:
+def require_gcgle_patch(configuration_manager: ConfigurationManager, configuration: str = "") -> None:
     """Raise a ValueError naming the supported configurations unless the configuration is 2D with patch sides
     divisible by 4 (GCGLE-Net is a 2D network with a /4 convolutional stem)."""
+    require_2d(configuration_manager, "nnUNetTrainerGCGLE (GCGLE-Net)", configuration)
     patch = list(configuration_manager.patch_size)
-    name = f"configuration {configuration_name!r}" if configuration_name else "the configuration"
-    if len(patch) != 2:
-        raise ValueError(
-            f"nnUNetTrainerGCGLE supports 2D configurations only ('2d'); {name} is {len(patch)}D (patch {patch}): "
-            "3d_fullres, 3d_lowres and 3d_cascade_fullres are not supported."
-        )
     if any(side % 4 for side in patch):
-        raise ValueError(f"nnUNetTrainerGCGLE needs patch sides divisible by 4; {name} has patch {patch}")
+        raise ValueError(
+            f"nnUNetTrainerGCGLE needs patch sides divisible by 4; configuration {configuration!r} has patch {patch}"
+        )
 
 
 def build_gcgle(
@@ -41,7 +39,7 @@ def build_gcgle(
     Routing regions follow the patch (7 x 7 at 224, 8 x 8 at 256, rectangular grids for rectangular patches);
     input channels go to the stem as they are.
     """
-    require_2d(configuration_manager)
+    require_gcgle_patch(configuration_manager)
     return GCGLENet(num_input_channels, num_output_channels, GCGLEConfig(), deep_supervision=enable_deep_supervision)
 
 
@@ -72,7 +70,7 @@ class nnUNetTrainerGCGLE(nnUNetTrainerExtBase):
         device: torch.device = torch.device("cuda"),
     ):
         super().__init__(plans, configuration, fold, dataset_json, device)
-        require_2d(self.configuration_manager, configuration)
+        require_gcgle_patch(self.configuration_manager, configuration)
         self.weight_decay = 1e-4
 
     def initialize(self) -> None:

@@ -17,20 +17,16 @@ from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 
 from nnunet_ext.networks.gctx_unet import GCtxUNet, checkpoint_state_dict, load_gcvit_encoder_weights
 from nnunet_ext.trainers.base import nnUNetTrainerExtBase
+from nnunet_ext.trainers.plans import require_2d
 
 #: environment variable naming a local GC-ViT ImageNet checkpoint to initialise GCtx-UNet from
 PRETRAINED_VARIABLE = "nnUNet_ext_gcvit_checkpoint"
 
 
-def require_2d(configuration_manager: ConfigurationManager, configuration: str = "") -> None:
-    """Raise if the configuration is not 2D: GCtx-UNet (GC-ViT windows, bicubic upsampling) is 2D only."""
-    patch = tuple(configuration_manager.patch_size)
-    if len(patch) != 2:
-        raise ValueError(
-            f"GCtx-UNet is a 2D network, but configuration {configuration or ''} has the {len(patch)}D patch {patch}. "
-            "Train it with a 2d configuration (nnUNetv2_train ID 2d FOLD -tr nnUNetTrainerGCTxUNet), or use "
-            "nnUNetTrainerGCTUNet, which supports 3D."
-        )
+def require_gctx_2d(configuration_manager: ConfigurationManager, configuration: str = "") -> None:
+    """GCtx-UNet (GC-ViT windows, bicubic upsampling) is 2D only; the message points to the 3D-capable GCT-UNet."""
+    hint = " Train it with a 2d configuration, or use nnUNetTrainerGCTUNet, which supports 3D."
+    require_2d(configuration_manager, "GCtx-UNet", configuration, hint)
 
 
 def build_gctx_unet(
@@ -42,7 +38,7 @@ def build_gctx_unet(
     enable_deep_supervision: bool = True,
 ) -> GCtxUNet:
     """GCtx-UNet built for the plans' 2D patch (windows and global-query pooling derived from it)."""
-    require_2d(configuration_manager)
+    require_gctx_2d(configuration_manager)
     return GCtxUNet(
         num_input_channels,
         num_output_channels,
@@ -87,7 +83,7 @@ class nnUNetTrainerGCTxUNet(nnUNetTrainerExtBase):
         device: torch.device = torch.device("cuda"),
     ):
         super().__init__(plans, configuration, fold, dataset_json, device)
-        require_2d(self.configuration_manager, configuration)
+        require_gctx_2d(self.configuration_manager, configuration)
         self.initial_lr = 1e-4
         self.weight_decay = 1e-4
 

@@ -22,3 +22,17 @@ def stage_strides(configuration_manager: ConfigurationManager, n_stages: int) ->
     if n_stages > len(plan_strides):
         raise ValueError(f"the plans have {len(plan_strides)} stages, {n_stages} were requested")
     return [tuple(int(s) for s in stride) for stride in plan_strides[1:n_stages]]
+
+
+def require_2d(
+    configuration_manager: ConfigurationManager, network: str, configuration: str = "", hint: str = ""
+) -> None:
+    """Raise a ValueError naming the supported configuration unless the configuration's patch is 2D (``network``
+    is a 2D-only architecture; ``hint`` is appended to the message)."""
+    patch = tuple(configuration_manager.patch_size)
+    if len(patch) != 2:
+        name = f"configuration {configuration!r}" if configuration else "the configuration"
+        raise ValueError(
+            f"{network} is a 2D network and supports 2D configurations only ('2d'); {name} has the {len(patch)}D "
+            f"patch {list(patch)} (3d_fullres, 3d_lowres and 3d_cascade_fullres are not supported).{hint}"
+        )
