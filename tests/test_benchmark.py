@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import pytest
 
@@ -15,7 +16,7 @@ from nnunet_ext.benchmark.presets import (
     setting_from_plans,
     setting_from_preset,
 )
-from nnunet_ext.cli.benchmark import format_scheme_table, format_table
+from nnunet_ext.cli.benchmark import format_scheme_table, format_table, run_benchmark
 
 
 def test_preset_2d_256_is_nnunets_default_network_of_the_reference():
@@ -117,3 +118,17 @@ def test_scheme_table_compares_with_the_same_network_and_with_the_supervised_ref
     assert "| nnUNetTrainerMGCC | 90.0 | 30.0 | 3.00 | - | - | - | 300 |" in table
     assert not any(line.startswith("| nnUNetTrainerCMUNeXt |") for line in table.splitlines())  # not a scheme
     assert format_scheme_table(rows[:1]) == ""
+
+
+def die_while_measuring(trainer: str, *args) -> dict:
+    """Stands in for a measuring process killed for memory."""
+    if trainer == "killed":
+        os._exit(137)
+    return {"trainer": trainer, "error": None}
+
+
+def test_a_dying_measurement_process_gives_an_error_row_and_the_benchmark_goes_on():
+    setting = setting_from_preset("2d_256")
+    rows = run_benchmark(["killed", "next"], setting, "cpu", 0, 1, 1, measure=die_while_measuring)
+    assert rows[0]["trainer"] == "killed" and "process died" in rows[0]["error"]
+    assert rows[1] == {"trainer": "next", "error": None}

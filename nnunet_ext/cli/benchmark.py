@@ -9,12 +9,15 @@ import multiprocessing
 import os
 import platform
 import sys
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from nnunet_ext.benchmark.measure import measure_trainer
+from nnunet_ext.benchmark.measure import Measurement, measure_trainer
 from nnunet_ext.benchmark.presets import PRESETS, BenchmarkSetting, setting_from_plans, setting_from_preset
 from nnunet_ext.registration import registered_trainer_names
 
@@ -120,14 +123,25 @@ def format_scheme_table(rows: list[dict]) -> str:
 
 
 def run_benchmark(
-    trainers: list[str], setting: BenchmarkSetting, device: str, warmup: int, repeats: int, threads: int
+    trainers: list[str],
+    setting: BenchmarkSetting,
+    device: str,
+    warmup: int,
+    repeats: int,
+    threads: int,
+    measure: Callable[..., dict] = measure_trainer,
 ) -> list[dict]:
-    """Measure every trainer in a fresh spawned process (isolated memory peak and no cross-talk)."""
+    """Measure every trainer in a fresh spawned process (isolated memory peak and no cross-talk). A process that
+    dies (e.g. killed for memory) gives a row with the error instead of stopping or hanging the benchmark."""
     context = multiprocessing.get_context("spawn")
     rows = []
     for trainer in tqdm(trainers, desc="benchmark", unit="trainer"):
-        with context.Pool(1) as pool:
-            rows.append(pool.apply(measure_trainer, (trainer, setting, device, warmup, repeats, threads)))
+        with ProcessPoolExecutor(1, mp_context=context) as pool:
+            future = pool.submit(measure, trainer, setting, device, warmup, repeats, threads)
+            try:
+                rows.append(future.result())
+            except BrokenProcessPool:
+                rows.append(Measurement(trainer, error="the measuring process died (out of memory?)").as_dict())
     return rows
 
 
