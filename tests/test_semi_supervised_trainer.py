@@ -292,3 +292,15 @@ def test_empty_and_mismatched_pools_stop_training_with_clear_messages(errors_dat
     (preprocessed / "splits_ssl.json").write_text(json.dumps({"folds": [fold]}))
     with pytest.raises(SplitMismatchError, match="derived from another"):
         start()
+
+
+def test_a_scheme_without_scheme_architecture_refuses_a_supervised_trainer():
+    from nnunet_ext.trainers.cmunext import nnUNetTrainerCMUNeXt
+    from nnunet_ext.trainers.semi_supervised import nnUNetTrainerSemiSupervisedBase
+
+    with pytest.raises(TypeError, match="defines no scheme_architecture"):
+        type(
+            "nnUNetTrainerNoScheme_CMUNeXt",
+            (nnUNetTrainerSemiSupervisedBase,),
+            {"supervised_trainer": nnUNetTrainerCMUNeXt},
+        )

@@ -41,7 +41,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from nnunet_ext.benchmark.presets import BenchmarkSetting
-from nnunet_ext.trainers.semi_supervised import split_batch
+from nnunet_ext.trainers.semi_supervised import GRADIENT_CLIP_NORM, split_batch
 
 
 @dataclass
@@ -141,23 +141,28 @@ def peak_memory_mb(device: torch.device, baseline: int) -> float:
     return (peak - baseline) / 2**20
 
 
+def nnunet_sgd(network: nn.Module) -> torch.optim.SGD:
+    """nnU-Net's optimizer at its initial learning rate: SGD lr 1e-2, momentum 0.99, Nesterov, weight decay 3e-5."""
+    return torch.optim.SGD(network.parameters(), lr=1e-2, momentum=0.99, nesterov=True, weight_decay=3e-5)
+
+
 def supervised_train_step(
     network: nn.Module,
     batch: torch.Tensor,
     targets: list[torch.Tensor],
-    loss_fn: nn.Module,
+    loss_fn: Callable[[object, list[torch.Tensor]], torch.Tensor],
     forward: Callable[[torch.Tensor], object] | None = None,
 ) -> Callable[[], None]:
-    """nnU-Net's train step: forward (``network`` or ``forward``), loss, backward, clipping at 12, SGD (momentum
-    0.99, Nesterov) step."""
+    """nnU-Net's train step: forward (``network`` or ``forward``), ``loss_fn(outputs, targets)``, backward, clipping
+    at 12, :func:`nnunet_sgd` step."""
     forward = network if forward is None else forward
-    optimizer = torch.optim.SGD(network.parameters(), lr=1e-2, momentum=0.99, nesterov=True, weight_decay=3e-5)
+    optimizer = nnunet_sgd(network)
 
     def train_step() -> None:
         optimizer.zero_grad(set_to_none=True)
         loss = loss_fn(forward(batch), targets)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(network.parameters(), 12)
+        torch.nn.utils.clip_grad_norm_(network.parameters(), GRADIENT_CLIP_NORM)
         optimizer.step()
 
     return train_step

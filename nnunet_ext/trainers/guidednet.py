@@ -56,6 +56,7 @@ from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 from torch import nn
 from torch.nn.modules.conv import _ConvNd
 
+from nnunet_ext.benchmark.measure import nnunet_sgd
 from nnunet_ext.networks.features import PARTNER_PREFIX, FeatureNetwork
 from nnunet_ext.ssl.guidednet import guidednet_loss
 from nnunet_ext.ssl.ktcps import KTCPSClassWeights
@@ -226,9 +227,7 @@ class nnUNetTrainerGuidedNet(nnUNetTrainerSemiSupervisedBase):
         network2 = build_network()
         xavier_initialise(network2)
         networks = (network, network2)
-        optimizers = [
-            torch.optim.SGD(n.parameters(), 1e-2, weight_decay=3e-5, momentum=0.99, nesterov=True) for n in networks
-        ]
+        optimizers = [nnunet_sgd(n) for n in networks]
         labeled_target = [t[:num_labeled] for t in target]
         class_weights = KTCPSClassWeights(num_classes, device=data.device)
         class_weights.initialise(torch.bincount(labeled_target[0].flatten().long(), minlength=num_classes).float())

@@ -12,7 +12,7 @@ sits on its bottleneck, and three further instances of its decoder are the auxil
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
 
 import torch
@@ -20,6 +20,7 @@ from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 from torch import nn
 
+from nnunet_ext.benchmark.measure import supervised_train_step
 from nnunet_ext.networks.common import SegmentationNetwork
 from nnunet_ext.networks.mgcc import MGCC_DIMS, MGCCNetwork, mgcc_from_backbones, mgcc_unet
 from nnunet_ext.ssl.mgcc_loss import CONSISTENCY_WEIGHT, MGCCObjective, consistency_weight
@@ -28,11 +29,7 @@ from nnunet_ext.trainers.gcgle import nnUNetTrainerGCGLE
 from nnunet_ext.trainers.gct_unet import nnUNetTrainerGCTUNet
 from nnunet_ext.trainers.gctx_unet import nnUNetTrainerGCTxUNet
 from nnunet_ext.trainers.plans import conv_op_of, stage_strides
-from nnunet_ext.trainers.semi_supervised import (
-    GRADIENT_CLIP_NORM,
-    SemiSupervisedBatch,
-    nnUNetTrainerSemiSupervisedBase,
-)
+from nnunet_ext.trainers.semi_supervised import SemiSupervisedBatch, nnUNetTrainerSemiSupervisedBase
 
 #: ``build_network_architecture(plans_manager, configuration_manager, num_input_channels, num_output_channels,
 #: enable_deep_supervision)`` of a supervised trainer
@@ -143,17 +140,12 @@ class nnUNetTrainerMGCC(nnUNetTrainerSemiSupervisedBase):
         if num_labeled >= data.shape[0]:
             raise ValueError(f"an MGCC step needs unlabeled samples: batch {data.shape[0]}, {num_labeled} labeled")
         objective = MGCCObjective(False, loss.weight_factors)
+
+        def scheme_loss(outputs: Sequence, labeled_target: list[torch.Tensor]) -> torch.Tensor:
+            return objective(outputs, labeled_target, num_labeled, CONSISTENCY_WEIGHT)[0]
+
         labeled_target = [t[:num_labeled] for t in target]
-        optimizer = torch.optim.SGD(network.parameters(), lr=1e-2, momentum=0.99, nesterov=True, weight_decay=3e-5)
-
-        def step() -> None:
-            optimizer.zero_grad(set_to_none=True)
-            total, _ = objective(network(data), labeled_target, num_labeled, CONSISTENCY_WEIGHT)
-            total.backward()
-            torch.nn.utils.clip_grad_norm_(network.parameters(), GRADIENT_CLIP_NORM)
-            optimizer.step()
-
-        return step, []
+        return supervised_train_step(network, data, labeled_target, scheme_loss), []
 
     def compute_scheme_loss(self, batch: SemiSupervisedBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
         outputs = self.network(batch.data)

@@ -174,17 +174,20 @@ class nnUNetTrainerSemiSupervisedBase(nnUNetTrainerExtBase, metaclass=ABCMeta):
     #: the supervised trainer whose architecture the scheme trains (None: the scheme's own network); the benchmark
     #: compares the scheme's train step with this trainer's at the same total batch
     supervised_trainer: type | None = None
-
-    @staticmethod
-    def scheme_architecture(supervised_trainer: type) -> staticmethod:
-        """The ``build_network_architecture`` of this scheme on ``supervised_trainer``'s architecture."""
-        raise NotImplementedError
+    #: the scheme's ``build_network_architecture`` on a supervised trainer's architecture (a staticmethod of a
+    #: function ``supervised_trainer -> staticmethod``); schemes that can run on other architectures set it
+    scheme_architecture: staticmethod | None = None
 
     def __init_subclass__(cls, **kwargs):
         """A subclass that sets ``supervised_trainer`` trains the scheme on that trainer's architecture, e.g.
         ``class nnUNetTrainerMGCC_CMUNeXt(nnUNetTrainerMGCC): supervised_trainer = nnUNetTrainerCMUNeXt``."""
         super().__init_subclass__(**kwargs)
         if cls.__dict__.get("supervised_trainer") is not None:
+            if cls.scheme_architecture is None:
+                raise TypeError(
+                    f"{cls.__name__} sets supervised_trainer, but its scheme defines no scheme_architecture to build "
+                    "the scheme on that architecture"
+                )
             cls.build_network_architecture = cls.scheme_architecture(cls.supervised_trainer)
 
     def __init__(
