@@ -7,8 +7,10 @@ import math
 import os
 
 import pytest
+import torch
+from torch import nn
 
-from nnunet_ext.benchmark.measure import measure_trainer
+from nnunet_ext.benchmark.measure import count_flops, measure_trainer, step_gflops
 from nnunet_ext.benchmark.presets import (
     BenchmarkPreset,
     BenchmarkSetting,
@@ -42,7 +44,21 @@ def test_measurement_of_a_registered_trainer():
     assert row["params_forward"] == 417_514
     assert row["params"] > row["params_forward"]
     assert abs(row["gflops"] - 2.0258) < 0.01
+    # forward with deep-supervision heads, then backward (input gradients and weight gradients, the stem's input
+    # gradient excepted): a little under 3x the forward
+    assert 2.9 * row["gflops"] < row["train_step_gflops"] < 3 * row["gflops"]
     assert row["forward_ms"] > 0 and row["train_step_ms"] > 0 and row["peak_memory_mb"] > 0
+
+
+@pytest.mark.parametrize("groups", [1, 2, 16])
+def test_step_flops_count_each_convolution_gradient_as_one_forward(groups):
+    conv = nn.Conv2d(16, 32, 5, padding=2, groups=groups)
+    x = torch.randn(2, 16, 12, 10, requires_grad=True)
+    forward = 2 * 2 * 32 * (16 // groups) * 5 * 5 * 12 * 10  # 2 FLOPs per multiply-add, per output value
+    assert count_flops(conv, x) == forward
+    assert step_gflops(lambda: conv(x).sum().backward()) * 1e9 == pytest.approx(3 * forward)
+    x.requires_grad_(False)  # no input gradient: forward + weight gradient
+    assert step_gflops(lambda: conv(x).sum().backward()) * 1e9 == pytest.approx(2 * forward)
 
 
 def test_unknown_trainer_is_reported_not_raised():
@@ -59,6 +75,7 @@ def test_table_ratio_is_relative_to_the_default_network():
             "params_forward": 9,
             "gflops": 1.0,
             "forward_ms": 10.0,
+            "train_step_gflops": 3.0,
             "train_step_ms": 40.0,
             "peak_memory_mb": 5.0,
             "error": None,
@@ -70,6 +87,7 @@ def test_table_ratio_is_relative_to_the_default_network():
             "params_forward": 2,
             "gflops": 0.5,
             "forward_ms": 5.0,
+            "train_step_gflops": 1.5,
             "train_step_ms": 10.0,
             "peak_memory_mb": 1.0,
             "error": None,
@@ -77,7 +95,7 @@ def test_table_ratio_is_relative_to_the_default_network():
         {"trainer": "X", "error": "ValueError: 2D only"},
     ]
     table = format_table(rows, rows[0])
-    assert "| T | N | 2 | 2 | 0.50 | 5.0 | 10.0 | 0.25 | 1 |" in table
+    assert "| T | N | 2 | 2 | 0.50 | 5.0 | 1.5 | 10.0 | 0.25 | 1 |" in table
     assert "not measured: ValueError: 2D only" in table
 
 
@@ -100,6 +118,8 @@ def test_mgcc_is_timed_on_its_scheme_step_and_compared_with_its_backbone_trainer
     assert row["error"] is None and row["network"] == "MGCCNetwork"
     assert row["supervised_reference"] == "nnUNetTrainerCMUNeXt"
     assert 0 < row["same_network_supervised_ms"] < row["train_step_ms"]
+    # four decoders against one: the scheme step does between 2 and 4 times the same network's supervised work
+    assert 2 < row["train_step_gflops"] / row["same_network_supervised_gflops"] < 4
     # inference runs encoder + ConvMixer chain + main decoder: CMUNeXt's 3,149,185 (1 class) + 1 more class head
     # channel + 3 x 3 ConvMixer layers on CMUNeXt's 256 bottleneck channels
     convmixer = 9 * ((49 + 1) * 256 + 2 * 256 + (256 + 1) * 256 + 2 * 256)
@@ -109,13 +129,16 @@ def test_mgcc_is_timed_on_its_scheme_step_and_compared_with_its_backbone_trainer
 def test_scheme_table_compares_with_the_same_network_and_with_the_supervised_reference():
     def row(trainer, step, same=math.nan, reference=None):
         return {"trainer": trainer, "train_step_ms": step, "peak_memory_mb": 300.0, "error": None,
-                "same_network_supervised_ms": same, "supervised_reference": reference}  # fmt: skip
+                "same_network_supervised_ms": same, "supervised_reference": reference,
+                "train_step_gflops": 2 * step, "same_network_supervised_gflops": 5 * same}  # fmt: skip
 
     rows = [row("nnUNetTrainerCMUNeXt", 20.0), row("nnUNetTrainerMGCC_CMUNeXt", 50.0, 25.0, "nnUNetTrainerCMUNeXt"),
             row("nnUNetTrainerMGCC", 90.0, 30.0)]  # fmt: skip
     table = format_scheme_table(rows)
-    assert "| nnUNetTrainerMGCC_CMUNeXt | 50.0 | 25.0 | 2.00 | nnUNetTrainerCMUNeXt | 20.0 | 2.50 | 300 |" in table
-    assert "| nnUNetTrainerMGCC | 90.0 | 30.0 | 3.00 | - | - | - | 300 |" in table
+    assert (
+        "| nnUNetTrainerMGCC_CMUNeXt | 50.0 | 25.0 | 2.00 | 0.80 | nnUNetTrainerCMUNeXt | 20.0 | 2.50 | 300 |" in table
+    )
+    assert "| nnUNetTrainerMGCC | 90.0 | 30.0 | 3.00 | 1.20 | - | - | - | 300 |" in table
     assert not any(line.startswith("| nnUNetTrainerCMUNeXt |") for line in table.splitlines())  # not a scheme
     assert format_scheme_table(rows[:1]) == ""
 

@@ -6,6 +6,9 @@ Every trainer is measured the same way:
   ``params_forward``: parameters of the modules an inference forward (deep supervision off) calls.
 - ``gflops``: one inference forward of one patch (batch 1), counted by ``torch.utils.flop_counter.FlopCounterMode``
   (2 FLOPs per multiply-add; the counter of ``reference/architectures.md``'s parity table).
+- ``train_step_gflops``: one train step (below) on the batch, forward and backward, counted the same way (with
+  :func:`conv_backward_flops` for convolution backward passes): the work the step cannot avoid, against which its
+  time can be judged.
 - ``forward_ms``: median wall time of an inference forward of a batch (eval mode, no grad).
 - ``train_step_ms``: median wall time of nnU-Net's train step on a batch: forward with deep supervision, nnU-Net's
   Dice + CE loss with its deep-supervision weights, backward, gradient clipping at 12, SGD step.
@@ -20,7 +23,9 @@ then counts every network they build, and ``supervised_reference`` names their `
 one-network supervised training they are compared with at the same total batch. ``same_network_supervised_ms`` is
 nnU-Net's supervised step above on the scheme network's inference path (``forward_main`` where the network has one,
 e.g. MGCC's encoder, ConvMixer chain and main decoder) with the whole batch labeled: the cost of training that
-network without the scheme, the reference of a scheme on its own network (``nnUNetTrainerMGCC``).
+network without the scheme, the reference of a scheme on its own network (``nnUNetTrainerMGCC``);
+``same_network_supervised_gflops`` counts that step's FLOPs, so the ratio of the two step FLOP counts is the
+least time ratio the scheme can reach at equal arithmetic efficiency.
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
 from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
 from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
 from nnunet_ext.benchmark.presets import BenchmarkSetting
 from nnunet_ext.trainers.semi_supervised import GRADIENT_CLIP_NORM, split_batch
@@ -53,9 +58,11 @@ class Measurement:
     gflops: float = float("nan")
     forward_ms: float = float("nan")
     train_step_ms: float = float("nan")
+    train_step_gflops: float = float("nan")
     peak_memory_mb: float = float("nan")
     supervised_reference: str | None = None
     same_network_supervised_ms: float = float("nan")
+    same_network_supervised_gflops: float = float("nan")
     error: str | None = None
 
     def as_dict(self) -> dict:
@@ -80,10 +87,36 @@ def forward_parameter_count(network: nn.Module, x: torch.Tensor) -> int:
     return sum(used.values())
 
 
+def conv_backward_flops(
+    grad_out_shape, x_shape, w_shape, _bias, _stride, _padding, _dilation, transposed, _output_padding, _groups,
+    output_mask, out_shape, **kwargs
+) -> int:  # fmt: skip
+    """FLOPs of ``aten.convolution_backward``: the input gradient and the weight gradient (those requested by
+    ``output_mask``) each cost as much as the forward convolution.
+
+    Replaces torch 2.13's formula, which counts the weight gradient of a grouped convolution as if it were not
+    grouped (``groups`` times too many: 32x for a 32-channel depthwise convolution).
+    """
+    forward = conv_flop_count(x_shape, w_shape, grad_out_shape, transposed)
+    return forward * (int(output_mask[0]) + int(output_mask[1]))
+
+
+def flop_counter() -> FlopCounterMode:
+    """torch's FLOP counter with :func:`conv_backward_flops` for convolution backward passes."""
+    return FlopCounterMode(display=False, custom_mapping={torch.ops.aten.convolution_backward: conv_backward_flops})
+
+
 def count_flops(network: nn.Module, x: torch.Tensor) -> int:
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+    with torch.no_grad(), flop_counter() as counter:
         network(x)
     return counter.get_total_flops()
+
+
+def step_gflops(step: Callable[[], object]) -> float:
+    """GFLOPs of one call of ``step()`` (forward and backward passes it runs included)."""
+    with flop_counter() as counter:
+        step()
+    return counter.get_total_flops() / 1e9
 
 
 def median_milliseconds(step: Callable[[], object], device: torch.device, warmup: int, repeats: int) -> float:
@@ -231,11 +264,12 @@ def measure_trainer(
         torch.cuda.reset_peak_memory_stats(device)
     measurement.train_step_ms = median_milliseconds(train_step, device, warmup, repeats)
     measurement.peak_memory_mb = peak_memory_mb(device, memory_before)
+    measurement.train_step_gflops = step_gflops(train_step)
     if scheme_step is not None:
         inference_path = getattr(network, "forward_main", network)
-        measurement.same_network_supervised_ms = median_milliseconds(
-            supervised_train_step(network, batch, targets, loss_fn, inference_path), device, warmup, repeats
-        )
+        same_network_step = supervised_train_step(network, batch, targets, loss_fn, inference_path)
+        measurement.same_network_supervised_ms = median_milliseconds(same_network_step, device, warmup, repeats)
+        measurement.same_network_supervised_gflops = step_gflops(same_network_step)
 
     network.eval()
     network.decoder.deep_supervision = False

@@ -28,8 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nnUNetv2_ext_benchmark",
         description="Measure, for each trainer, the network it builds: parameters, FLOPs (torch FlopCounterMode, "
-        "one patch), forward latency and train-step time (median over repeats, one batch), and peak memory of the "
-        "train step. Each trainer runs in a fresh process. Prints a table (with train-step time relative to "
+        "one patch), FLOPs of one train step (forward + backward, one batch), forward latency and train-step time "
+        "(median over repeats, one batch), and peak memory of the train step. Each trainer runs in a fresh process. Prints a table (with train-step time relative to "
         "nnU-Net's default network) and writes JSON.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -78,24 +78,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 def format_table(rows: list[dict], reference: dict | None) -> str:
     """Markdown table of the measurements; the ratio column is train-step time over ``reference``'s."""
-    header = "| trainer | network | params | params fwd | GFLOPs | fwd ms | train-step ms | x default | peak MB |"
-    lines = [header, "|" + "---|" * 9]
+    header = (
+        "| trainer | network | params | params fwd | GFLOPs | fwd ms | train-step GFLOPs | train-step ms "
+        "| x default | peak MB |"
+    )
+    lines = [header, "|" + "---|" * 10]
     for row in rows:
         if row["error"]:
-            lines.append(f"| {row['trainer']} | not measured: {row['error']} |" + " |" * 7)
+            lines.append(f"| {row['trainer']} | not measured: {row['error']} |" + " |" * 8)
             continue
         ratio = row["train_step_ms"] / reference["train_step_ms"] if reference else math.nan
         lines.append(
             f"| {row['trainer']} | {row['network']} | {row['params']:,} | {row['params_forward']:,} | "
-            f"{row['gflops']:.2f} | {row['forward_ms']:.1f} | {row['train_step_ms']:.1f} | {ratio:.2f} | "
-            f"{row['peak_memory_mb']:.0f} |"
+            f"{row['gflops']:.2f} | {row['forward_ms']:.1f} | {row['train_step_gflops']:.1f} | "
+            f"{row['train_step_ms']:.1f} | {ratio:.2f} | {row['peak_memory_mb']:.0f} |"
         )
     return "\n".join(lines)
 
 
 def format_scheme_table(rows: list[dict]) -> str:
     """Markdown table of each semi-supervised trainer's train step over supervised training at the same total batch:
-    of the same network's inference path, and of its supervised reference trainer when that was measured too."""
+    of the same network's inference path (time, and step FLOPs: the least time ratio at equal arithmetic
+    efficiency), and of its supervised reference trainer when that was measured too."""
     measured = {row["trainer"]: row for row in rows if not row["error"]}
     lines = []
     for row in measured.values():
@@ -109,17 +113,19 @@ def format_scheme_table(rows: list[dict]) -> str:
             if reference
             else "- | - | -"
         )
+        flops_ratio = row.get("train_step_gflops", math.nan) / row.get("same_network_supervised_gflops", math.nan)
         lines.append(
             f"| {row['trainer']} | {row['train_step_ms']:.1f} | {same_network:.1f} | "
-            f"{row['train_step_ms'] / same_network:.2f} | {reference_cells} | {row['peak_memory_mb']:.0f} |"
+            f"{row['train_step_ms'] / same_network:.2f} | {flops_ratio:.2f} | {reference_cells} | "
+            f"{row['peak_memory_mb']:.0f} |"
         )
     if not lines:
         return ""
     header = (
         "| scheme trainer | scheme train-step ms | same network supervised ms | x same network | "
-        "supervised reference | reference train-step ms | x reference | scheme peak MB |"
+        "x same network FLOPs | supervised reference | reference train-step ms | x reference | scheme peak MB |"
     )
-    return "\n".join([header, "|" + "---|" * 8, *lines])
+    return "\n".join([header, "|" + "---|" * 9, *lines])
 
 
 def run_benchmark(
