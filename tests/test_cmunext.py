@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from nnunet_ext.networks.cmunext import CMUNEXT_VARIANTS, CMUNeXt, cmunext
+from nnunet_ext.networks.cmunext import CMUNEXT_VARIANTS, CMUNeXt, SkipFusion, cmunext
 
 
 def count_parameters(network: CMUNeXt) -> int:
@@ -113,3 +113,20 @@ def test_backward_reaches_every_parameter():
     network = cmunext("cmunext_s", 1, 2, deep_supervision=True)
     sum(o.mean() for o in network(torch.randn(2, 1, 32, 32))).backward()
     assert all(p.grad is not None for p in network.parameters())
+
+
+@pytest.mark.parametrize("conv_op, shape", [(nn.Conv2d, (10, 12)), (nn.Conv3d, (4, 6, 8))])
+def test_skip_fusion_equals_the_official_grouped_convolution_of_the_concatenation(conv_op, shape):
+    torch.manual_seed(0)
+    fusion = SkipFusion(6, conv_op).double()  # float64: the two computations agree to rounding
+    skip, up = (torch.randn(2, 6, *shape, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    official = nn.Sequential.forward(fusion, torch.cat((skip, up), dim=1))  # fusion_conv(cat(skip, up))
+    official.square().sum().backward()
+    expected_grads = [t.grad.clone() for t in (skip, up, fusion[0][0].weight, fusion[0][0].bias)]
+    for t in (skip, up, fusion[0][0].weight, fusion[0][0].bias):
+        t.grad = None
+    ours = fusion(skip, up)
+    ours.square().sum().backward()
+    torch.testing.assert_close(ours, official)
+    for grad, expected in zip((skip.grad, up.grad, fusion[0][0].weight.grad, fusion[0][0].bias.grad), expected_grads):
+        torch.testing.assert_close(grad, expected)

@@ -29,8 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="nnUNetv2_ext_benchmark",
         description="Measure, for each trainer, the network it builds: parameters, FLOPs (torch FlopCounterMode, "
         "one patch), FLOPs of one train step (forward + backward, one batch), forward latency and train-step time "
-        "(median over repeats, one batch), and peak memory of the train step. Each trainer runs in a fresh process. Prints a table (with train-step time relative to "
-        "nnU-Net's default network) and writes JSON.",
+        "(median over repeats, one batch), and peak memory of the train step. Each trainer runs in a fresh process. "
+        "Prints a table (with train-step time relative to nnU-Net's default network) and writes JSON.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument(

@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from dynamic_network_architectures.building_blocks.helper import get_matching_batchnorm, get_matching_pool_op
 from torch import nn
 from torch.nn.modules.conv import _ConvNd
@@ -125,7 +126,10 @@ class UpConv(nn.Sequential):
 class SkipFusion(nn.Sequential):
     """Skip-Fusion on ``cat(skip, up)``: grouped 3x3 (groups=2) 2C->2C, then PW 2C->4C and 4C->C.
 
-    (B, 2C, *S) -> (B, C, *S): the official ``fusion_conv``.
+    (B, C, *S) skip and (B, C, *S) up -> (B, C, *S): the official ``fusion_conv`` of ``cat(skip, up)``. The grouped
+    convolution is computed group by group (group 1 reads the skip, group 2 the upsampled map): the same values and
+    weights as on the concatenation, without building it, and on CPU faster than oneDNN's grouped kernel for few
+    channels per group.
     """
 
     def __init__(self, channels: int, conv_op: type[_ConvNd]):
@@ -134,6 +138,16 @@ class SkipFusion(nn.Sequential):
             ConvGELUNorm(2 * channels, 4 * channels, conv_op),
             ConvGELUNorm(4 * channels, channels, conv_op),
         )
+
+    def forward(self, skip: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+        (conv, gelu, norm), *pointwise = self
+        weights, biases = conv.weight.chunk(2), conv.bias.chunk(2)
+        convolve = F.conv2d if isinstance(conv, nn.Conv2d) else F.conv3d
+        groups = [convolve(x, w, b, padding=conv.padding) for x, w, b in zip((skip, up), weights, biases)]
+        x = norm(gelu(torch.cat(groups, dim=1)))
+        for unit in pointwise:
+            x = unit(x)
+        return x
 
 
 class CMUNeXtEncoder(nn.Module):
@@ -189,7 +203,7 @@ class CMUNeXtDecoder(SegmentationDecoder):
         x = skips[-1]
         levels = []
         for up, fusion, skip in zip(self.ups, self.fusions, skips[-2::-1]):
-            x = fusion(torch.cat((skip, up(x)), dim=1))
+            x = fusion(skip, up(x))
             levels.append(x)
         return levels
 
