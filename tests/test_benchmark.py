@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from nnunet_ext.benchmark.measure import count_flops, measure_trainer, step_gflops
+from nnunet_ext.benchmark.measure import count_flops, forward_parameter_count, measure_trainer, step_gflops
 from nnunet_ext.benchmark.presets import (
     BenchmarkPreset,
     BenchmarkSetting,
@@ -155,3 +155,20 @@ def test_a_dying_measurement_process_gives_an_error_row_and_the_benchmark_goes_o
     rows = run_benchmark(["killed", "next"], setting, "cpu", 0, 1, 1, measure=die_while_measuring)
     assert rows[0]["trainer"] == "killed" and "process died" in rows[0]["error"]
     assert rows[1] == {"trainer": "next", "error": None}
+
+
+class FunctionalAndUnusedWeights(nn.Module):
+    """``used`` is called; ``functional``'s weight is used through F.linear (its module is never called); ``unused``
+    is called but its output discarded; ``never`` is neither called nor used."""
+
+    def __init__(self):
+        super().__init__()
+        self.used, self.functional, self.unused, self.never = (nn.Linear(4, 4) for _ in range(4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.unused(x)
+        return torch.nn.functional.linear(self.used(x), self.functional.weight)
+
+
+def test_forward_parameter_count_takes_called_modules_and_functionally_used_weights():
+    assert forward_parameter_count(FunctionalAndUnusedWeights(), torch.randn(2, 4)) == 20 + 16 + 20

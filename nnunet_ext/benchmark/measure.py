@@ -3,7 +3,7 @@
 Every trainer is measured the same way:
 
 - ``params``: all parameters the trainer builds (deep-supervision heads included, as nnU-Net builds them);
-  ``params_forward``: parameters an inference forward (deep supervision off) uses: those its output depends on.
+  ``params_forward``: parameters an inference forward (deep supervision off) uses (:func:`forward_parameter_count`).
 - ``gflops``: one inference forward of one patch (batch 1), counted by ``torch.utils.flop_counter.FlopCounterMode``
   (2 FLOPs per multiply-add; the counter of ``reference/architectures.md``'s parity table).
 - ``train_step_gflops``: one train step (below) on the batch, forward and backward, counted the same way (with
@@ -70,13 +70,26 @@ class Measurement:
 
 
 def forward_parameter_count(network: nn.Module, x: torch.Tensor) -> int:
-    """Parameters the output of ``network(x)`` depends on, each counted once: the leaves of its autograd graph
-    (also those a module uses through ``torch.nn.functional``, as CMUNeXt's Skip-Fusion does)."""
-    with torch.enable_grad():
-        outputs = network(x)
+    """Parameters an inference forward ``network(x)`` uses, each counted once: those of every module it calls (the
+    convention of the reference counts, which include e.g. GC-ViT's global-query generator of a level without a
+    global block) and every other parameter its output depends on (the leaves of its autograd graph: weights used
+    through ``torch.nn.functional``, as CMUNeXt's Skip-Fusion does)."""
+    used: dict[int, int] = {}
+
+    def record(module: nn.Module, args, output) -> None:
+        for parameter in module.parameters(recurse=False):
+            used[id(parameter)] = parameter.numel()
+
+    handles = [module.register_forward_hook(record) for module in network.modules()]
+    try:
+        with torch.enable_grad():
+            outputs = network(x)
+    finally:
+        for handle in handles:
+            handle.remove()
     outputs = [outputs] if isinstance(outputs, torch.Tensor) else list(outputs)
     pending = [output.grad_fn for output in outputs if output.grad_fn is not None]
-    visited, used = set(), {}
+    visited = set()
     while pending:
         node = pending.pop()
         if node in visited:
