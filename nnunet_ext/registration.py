@@ -33,6 +33,11 @@ TRAINERS: dict[str, str] = {
     "nnUNetTrainerGuidedNet_GCGLE": "nnunet_ext.trainers.guidednet:nnUNetTrainerGuidedNet_GCGLE",
     "nnUNetTrainerGuidedNet_GCTxUNet": "nnunet_ext.trainers.guidednet:nnUNetTrainerGuidedNet_GCTxUNet",
     "nnUNetTrainerGuidedNet_GCTUNet": "nnunet_ext.trainers.guidednet:nnUNetTrainerGuidedNet_GCTUNet",
+    "nnUNetTrainerLabeledOnly": "nnunet_ext.trainers.labeled_only:nnUNetTrainerLabeledOnly",
+    "nnUNetTrainerLabeledOnly_CMUNeXt": "nnunet_ext.trainers.labeled_only:nnUNetTrainerLabeledOnly_CMUNeXt",
+    "nnUNetTrainerLabeledOnly_GCGLE": "nnunet_ext.trainers.labeled_only:nnUNetTrainerLabeledOnly_GCGLE",
+    "nnUNetTrainerLabeledOnly_GCTxUNet": "nnunet_ext.trainers.labeled_only:nnUNetTrainerLabeledOnly_GCTxUNet",
+    "nnUNetTrainerLabeledOnly_GCTUNet": "nnunet_ext.trainers.labeled_only:nnUNetTrainerLabeledOnly_GCTUNet",
 }
 
 

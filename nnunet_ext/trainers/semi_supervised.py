@@ -104,9 +104,8 @@ from torch import autocast, nn
 from torch import distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from nnunet_ext.ssl.layout import SSL_SPLITS_FILE
 from nnunet_ext.ssl.preprocessing import plans_fingerprint
-from nnunet_ext.ssl.splits import SSLFold, load_ssl_fold
+from nnunet_ext.ssl.splits import SSLFold
 from nnunet_ext.ssl.unlabeled_data import (
     SOURCES,
     UnlabeledDataset,
@@ -115,6 +114,7 @@ from nnunet_ext.ssl.unlabeled_data import (
     nnUNetUnlabeledDataLoader,
 )
 from nnunet_ext.trainers.base import nnUNetTrainerExtBase, unwrap_module
+from nnunet_ext.trainers.labeled_subset import LabeledSubsetSplit
 from nnunet_ext.trainers.progress import plot_loss_terms
 
 #: checkpoint key of everything the semi-supervised base adds to nnU-Net's checkpoint
@@ -164,9 +164,11 @@ def split_batch(batch_size: int, labeled_fraction: float) -> tuple[int, int]:
     return labeled, max(1, batch_size - labeled)
 
 
-class nnUNetTrainerSemiSupervisedBase(nnUNetTrainerExtBase, metaclass=ABCMeta):
+class nnUNetTrainerSemiSupervisedBase(LabeledSubsetSplit, nnUNetTrainerExtBase, metaclass=ABCMeta):
     """nnU-Net trainer with a labeled and an unlabeled stream; subclasses implement :meth:`compute_scheme_loss`."""
 
+    #: without splits_ssl.json every training case of the fold is labeled (the pool then comes from imagesUl/...)
+    requires_ssl_split = False
     #: share of nnU-Net's batch drawn from the labeled stream (the published schemes: half)
     labeled_batch_fraction: float = 0.5
     #: unlabeled sources drawn from when present: "split", "real", "synthetic"
@@ -280,18 +282,6 @@ class nnUNetTrainerSemiSupervisedBase(nnUNetTrainerExtBase, metaclass=ABCMeta):
         super()._set_batch_size_and_oversample()
         self.labeled_batch_size, self.unlabeled_batch_size = self.batch_composition(self.batch_size)
         self.batch_size = self.labeled_batch_size  # nnU-Net's labeled and validation loaders use the labeled share
-
-    def do_split(self):
-        """nnU-Net's split, with the training cases narrowed to the fold's labeled cases of ``splits_ssl.json``."""
-        train_keys, val_keys = super().do_split()
-        self.ssl_fold = load_ssl_fold(self.preprocessed_dataset_folder_base, self.fold, train_keys, val_keys)
-        if self.ssl_fold is None:
-            return train_keys, val_keys
-        self.print_to_log_file(
-            f"{SSL_SPLITS_FILE}: {len(self.ssl_fold.labeled)} labeled and {len(self.ssl_fold.unlabeled)} label-less "
-            f"training cases in fold {self.fold}"
-        )
-        return self.ssl_fold.labeled, val_keys
 
     def on_train_start(self):
         if not self.was_initialized:
