@@ -10,8 +10,8 @@ from nnunetv2.run.run_training import get_trainer_from_args
 
 from nnunet_ext.registration import TRAINERS
 
-LABELED_ONLY_DATASET_ID = 979
-NO_SPLIT_DATASET_ID = 980
+LABELED_ONLY_DATASET_ID = 968
+NO_SPLIT_DATASET_ID = 969
 
 
 @pytest.fixture(scope="module")
