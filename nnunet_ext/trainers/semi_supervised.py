@@ -105,7 +105,6 @@ from torch import distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from nnunet_ext.ssl.preprocessing import plans_fingerprint
-from nnunet_ext.ssl.splits import SSLFold
 from nnunet_ext.ssl.unlabeled_data import (
     SOURCES,
     UnlabeledDataset,
@@ -204,7 +203,6 @@ class nnUNetTrainerSemiSupervisedBase(LabeledSubsetSplit, nnUNetTrainerExtBase, 
         self.global_iteration = 0
         self.labeled_batch_size: int | None = None
         self.unlabeled_batch_size: int | None = None
-        self.ssl_fold: SSLFold | None = None
         self.unlabeled_pool: UnlabeledPool | None = None
         self.dataloader_unlabeled = None
         self._extra_networks: dict[str, nn.Module] = {}
