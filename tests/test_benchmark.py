@@ -10,7 +10,14 @@ import pytest
 import torch
 from torch import nn
 
-from nnunet_ext.benchmark.measure import count_flops, forward_parameter_count, measure_trainer, step_gflops
+from nnunet_ext.benchmark.measure import (
+    FLOP_FORMULAS,
+    count_flops,
+    forward_parameter_count,
+    measure_trainer,
+    step_gflops,
+)
+from nnunet_ext.benchmark.op_classes import OP_CLASSES, op_class_breakdown
 from nnunet_ext.benchmark.presets import (
     BenchmarkPreset,
     BenchmarkSetting,
@@ -18,7 +25,7 @@ from nnunet_ext.benchmark.presets import (
     setting_from_plans,
     setting_from_preset,
 )
-from nnunet_ext.cli.benchmark import format_scheme_table, format_table, run_benchmark
+from nnunet_ext.cli.benchmark import format_op_class_table, format_scheme_table, format_table, run_benchmark
 
 
 def test_preset_2d_256_is_nnunets_default_network_of_the_reference():
@@ -172,3 +179,52 @@ class FunctionalAndUnusedWeights(nn.Module):
 
 def test_forward_parameter_count_takes_called_modules_and_functionally_used_weights():
     assert forward_parameter_count(FunctionalAndUnusedWeights(), torch.randn(2, 4)) == 20 + 16 + 20
+
+
+class _EveryOpClass(nn.Module):
+    """A dense conv, a depthwise conv, BatchNorm, attention over the pixels, LayerNorm and a Linear head."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(4, 8, 3, padding=1)
+        self.depthwise = nn.Conv2d(8, 8, 5, padding=2, groups=8)
+        self.bn = nn.BatchNorm2d(8)
+        self.norm = nn.LayerNorm(8)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.bn(self.depthwise(self.conv(x))).relu()
+        tokens = self.norm(x.flatten(2).transpose(1, 2))[:, None]  # (N, 1 head, H*W, 8)
+        return self.head(torch.nn.functional.scaled_dot_product_attention(tokens, tokens, tokens))
+
+
+def test_op_classes_split_the_step_time_and_flops_by_kind_of_operation():
+    torch.manual_seed(0)
+    model = _EveryOpClass()
+    x = torch.randn(2, 4, 6, 5, requires_grad=True)
+    pixels = 2 * 6 * 5
+
+    def step() -> None:
+        model.zero_grad(set_to_none=True)
+        model(x).sum().backward()
+
+    classes = op_class_breakdown(step, FLOP_FORMULAS)
+    assert list(classes) == list(OP_CLASSES)
+    conv = 2 * pixels * 8 * 4 * 9  # 2 FLOPs per multiply-add
+    head = 2 * pixels * 8 * 3
+    # forward, input gradient and weight gradient of each: 3x their forward
+    assert classes["matmul/conv"]["gflops"] * 1e9 == pytest.approx(3 * (conv + head))
+    assert classes["depthwise conv"]["gflops"] * 1e9 == pytest.approx(3 * 2 * pixels * 8 * 25)
+    assert classes["attention"]["gflops"] > 0 and classes["normalisation"]["gflops"] == 0
+    assert all(c["ms"] > 0 for c in classes.values())
+    assert sum(c["gflops"] for c in classes.values()) == pytest.approx(step_gflops(step))
+
+
+def test_op_class_table_prints_milliseconds_and_gflops_per_second():
+    classes = {name: {"ms": 10.0, "gflops": 0.0} for name in OP_CLASSES}
+    classes["matmul/conv"] = {"ms": 20.0, "gflops": 3.0}
+    rows = [{"trainer": "T", "error": None, "op_classes": classes}, {"trainer": "X", "error": "E"}]
+    table = format_op_class_table(rows).splitlines()
+    assert table[0].startswith("| trainer | matmul/conv ms | matmul/conv GFLOP/s | attention ms |")
+    assert table[2] == "| T | 20 | 150 | 10 | - | 10 | 10 | 10 | 60 |"
+    assert len(table) == 3

@@ -15,7 +15,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from nnunet_ext.networks.attention.bra import AttentionLePE, BiLevelRoutingAttention, region_grid
+from nnunet_ext.networks.attention.bra import (
+    AttentionLePE,
+    BiLevelRoutingAttention,
+    masked_kernel_is_faster,
+    region_grid,
+)
 from nnunet_ext.networks.gcgle import (
     CSAM,
     ECA,
@@ -62,18 +67,20 @@ def dense_attention_with_lepe(bra: BiLevelRoutingAttention, x: torch.Tensor) -> 
     return (out + lepe.permute(0, 2, 3, 1)) @ bra.wo.weight.T + bra.wo.bias
 
 
+@pytest.mark.parametrize("kernel", ["gather", "masked"])
 @pytest.mark.parametrize(("size", "grid", "topk"), [((12, 12), (3, 3), 9), ((8, 12), (2, 3), 6), ((6, 10), (3, 2), 50)])
-def test_bra_equals_dense_attention_when_topk_covers_every_region(size, grid, topk):
+def test_bra_equals_dense_attention_when_topk_covers_every_region(size, grid, topk, kernel):
     torch.manual_seed(0)
-    bra = randomised(BiLevelRoutingAttention(24, 3, topk, region_size=4))
+    bra = randomised(BiLevelRoutingAttention(24, 3, topk, region_size=4, kernel=kernel))
     x = torch.randn(2, *size, 24)
     with torch.no_grad():
         torch.testing.assert_close(bra(x, grid), dense_attention_with_lepe(bra, x), atol=1e-5, rtol=1e-4)
 
 
-def test_bra_with_fewer_regions_differs_from_dense_and_routes_per_region():
+@pytest.mark.parametrize("kernel", ["gather", "masked"])
+def test_bra_with_fewer_regions_differs_from_dense_and_routes_per_region(kernel):
     torch.manual_seed(0)
-    bra = randomised(BiLevelRoutingAttention(24, 3, 1, region_size=4))
+    bra = randomised(BiLevelRoutingAttention(24, 3, 1, region_size=4, kernel=kernel))
     x = torch.randn(1, 8, 8, 24)
     with torch.no_grad():
         routed = bra(x, (2, 2))
@@ -110,6 +117,41 @@ def test_bra_reproduces_the_official_outputs(file_name):
         out = bra.eval()(golden["input"])
     tolerance = 1e-4 * max(1.0, golden["output"].abs().max().item())
     assert (out - golden["output"]).abs().max().item() <= tolerance
+
+
+@pytest.mark.parametrize(("size", "grid", "topk"), [((8, 8), (4, 4), 3), ((12, 8), (3, 2), 2), ((16, 12), (4, 3), 5)])
+def test_bra_masked_and_gather_kernels_agree_in_output_and_gradients(size, grid, topk):
+    """Routed attention (top-k below the region count): the masked dense kernel gives the gather kernel's
+    outputs and the same gradients for the input and every weight."""
+    torch.manual_seed(0)
+    gather = randomised(BiLevelRoutingAttention(24, 3, topk, region_size=4, kernel="gather")).double()
+    masked = copy.deepcopy(gather)
+    masked.kernel = "masked"
+    x = torch.randn(2, *size, 24, dtype=torch.float64)
+    results = []
+    for bra in (gather, masked):
+        x_grad = x.clone().requires_grad_()
+        out = bra(x_grad, grid)
+        out.pow(2).sum().backward()
+        results.append((out, x_grad.grad, [p.grad for p in bra.parameters()]))
+    (out_g, dx_g, dw_g), (out_m, dx_m, dw_m) = results
+    torch.testing.assert_close(out_m, out_g)
+    torch.testing.assert_close(dx_m, dx_g)
+    for grad_m, grad_g in zip(dw_m, dw_g):
+        torch.testing.assert_close(grad_m, grad_g)
+
+
+def test_bra_auto_kernel_choice_and_bad_kernel():
+    # GCGLE at 224 (7x7 regions of 8x8, 4x4, 2x2 pixels; top-k 2, 4, 8): masked only at 1/16
+    assert [masked_kernel_is_faster(49, pixels, topk) for pixels, topk in [(64, 2), (16, 4), (4, 8)]] == [
+        False,
+        False,
+        True,
+    ]
+    assert masked_kernel_is_faster(256, 4, 8) is False  # 1/16 of a 512 patch: 16x16 regions, dense 32x the FLOPs
+    assert masked_kernel_is_faster(49, 64, 49) is True  # every region routed: full attention
+    with pytest.raises(ValueError, match="kernel"):
+        BiLevelRoutingAttention(24, 3, 2, region_size=4, kernel="dense")
 
 
 def test_region_grid_reproduces_published_n_win_and_tiles_any_map():
@@ -250,10 +292,16 @@ def test_parameter_count_equals_the_reference_params_used_in_forward(config, inp
     ("patch", "num_classes", "reference_flops"), [(224, 9, 30_209_568_000), (256, 2, 39_383_233_536)]
 )
 def test_flops_match_the_reference_within_one_percent(patch, num_classes, reference_flops):
-    network = GCGLENet(3, num_classes).eval()
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        network(torch.zeros(1, 3, patch, patch))
-    assert abs(counter.get_total_flops() - reference_flops) <= 0.01 * reference_flops
+    """The paper's computation (BRA's gather kernel) has the reference FLOPs; the default ``"auto"`` kernel choice
+    runs the 1/16 stage as masked dense attention, which computes (and counts) more."""
+    counts = {}
+    for kernel in ("gather", "auto"):
+        network = GCGLENet(3, num_classes, GCGLEConfig(bra_kernel=kernel)).eval()
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            network(torch.zeros(1, 3, patch, patch))
+        counts[kernel] = counter.get_total_flops()
+    assert abs(counts["gather"] - reference_flops) <= 0.01 * reference_flops
+    assert counts["auto"] > counts["gather"]
 
 
 def test_published_network_output_and_deep_supervision(published_r4):
@@ -314,6 +362,26 @@ def test_deep_supervision_final_output_equals_plain_output_and_weights_load():
     inference.load_state_dict(trained.state_dict())
     with torch.no_grad():
         torch.testing.assert_close(trained(x)[0], inference(x))
+
+
+def test_bra_kernel_choice_changes_neither_outputs_nor_gradients():
+    """At 128x128 the 1/16 stage (8x8 map, 4x4 regions of 2x2 pixels, top-8 of 16) runs the masked kernel under
+    ``"auto"``; the network equals the all-gather network in logits and in every parameter's gradient."""
+    torch.manual_seed(0)
+    networks = [
+        GCGLENet(1, 2, GCGLEConfig(**{**TINY.__dict__, "bra_kernel": k})).double().eval() for k in ("gather", "auto")
+    ]
+    networks[1].load_state_dict(networks[0].state_dict())
+    assert networks[1].encoder.stages[2][0].attn.kernel == "auto" and masked_kernel_is_faster(16, 4, 8)
+    x = torch.randn(1, 1, 128, 128, dtype=torch.float64)
+    outputs = []
+    for network in networks:
+        out = network(x)
+        out.square().mean().backward()
+        outputs.append(out)
+    torch.testing.assert_close(outputs[1], outputs[0])
+    for (name, gathered), auto in zip(networks[0].named_parameters(), networks[1].parameters()):
+        torch.testing.assert_close(auto.grad, gathered.grad, msg=name)
 
 
 def test_backward_reaches_every_parameter():

@@ -12,6 +12,9 @@ Every trainer is measured the same way:
 - ``forward_ms``: median wall time of an inference forward of a batch (eval mode, no grad).
 - ``train_step_ms``: median wall time of nnU-Net's train step on a batch: forward with deep supervision, nnU-Net's
   Dice + CE loss with its deep-supervision weights, backward, gradient clipping at 12, SGD step.
+- ``op_classes``: the train step's time and FLOPs by operation class (matrix products and convolutions, attention,
+  depthwise convolutions, normalisation, the rest; :mod:`nnunet_ext.benchmark.op_classes`): which part of the
+  step runs at what arithmetic efficiency.
 - ``peak_memory_mb``: peak memory of the train steps above what the process held before the network was built
   (CPU: resident set size; CUDA: ``torch.cuda.max_memory_allocated``): parameters, gradients, optimizer state and
   activations.
@@ -35,7 +38,7 @@ import resource
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
@@ -45,6 +48,7 @@ from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
+from nnunet_ext.benchmark.op_classes import op_class_breakdown
 from nnunet_ext.benchmark.presets import BenchmarkSetting
 from nnunet_ext.trainers.semi_supervised import GRADIENT_CLIP_NORM, split_batch
 
@@ -63,6 +67,7 @@ class Measurement:
     supervised_reference: str | None = None
     same_network_supervised_ms: float = float("nan")
     same_network_supervised_gflops: float = float("nan")
+    op_classes: dict[str, dict[str, float]] = field(default_factory=dict)
     error: str | None = None
 
     def as_dict(self) -> dict:
@@ -116,9 +121,13 @@ def conv_backward_flops(
     return forward * (int(output_mask[0]) + int(output_mask[1]))
 
 
+FLOP_FORMULAS = {torch.ops.aten.convolution_backward: conv_backward_flops}
+"""Our FLOP formulas where torch's are wrong."""
+
+
 def flop_counter() -> FlopCounterMode:
     """torch's FLOP counter with :func:`conv_backward_flops` for convolution backward passes."""
-    return FlopCounterMode(display=False, custom_mapping={torch.ops.aten.convolution_backward: conv_backward_flops})
+    return FlopCounterMode(display=False, custom_mapping=FLOP_FORMULAS)
 
 
 def count_flops(network: nn.Module, x: torch.Tensor) -> int:
@@ -280,6 +289,8 @@ def measure_trainer(
     measurement.train_step_ms = median_milliseconds(train_step, device, warmup, repeats)
     measurement.peak_memory_mb = peak_memory_mb(device, memory_before)
     measurement.train_step_gflops = step_gflops(train_step)
+    synchronize = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    measurement.op_classes = op_class_breakdown(train_step, FLOP_FORMULAS, synchronize)
     if scheme_step is not None:
         inference_path = getattr(network, "forward_main", network)
         same_network_step = supervised_train_step(network, batch, targets, loss_fn, inference_path)

@@ -18,6 +18,7 @@ import torch
 from tqdm import tqdm
 
 from nnunet_ext.benchmark.measure import Measurement, measure_trainer
+from nnunet_ext.benchmark.op_classes import ARITHMETIC_CLASSES, OP_CLASSES
 from nnunet_ext.benchmark.presets import PRESETS, BenchmarkSetting, setting_from_plans, setting_from_preset
 from nnunet_ext.registration import registered_trainer_names
 
@@ -128,6 +129,33 @@ def format_scheme_table(rows: list[dict]) -> str:
     return "\n".join([header, "|" + "---|" * 9, *lines])
 
 
+def format_op_class_table(rows: list[dict]) -> str:
+    """Markdown table of each trainer's train step by operation class: milliseconds inside the class's operations
+    and, for the classes that do arithmetic, GFLOP/s."""
+    lines = []
+    for row in rows:
+        classes = row.get("op_classes") or {}
+        if row["error"] or not classes:
+            continue
+        cells = []
+        for name in OP_CLASSES:
+            ms, gflops = classes[name]["ms"], classes[name]["gflops"]
+            cells.append(f"{ms:.0f}")
+            if name in ARITHMETIC_CLASSES:
+                cells.append(f"{gflops / ms * 1e3:.0f}" if ms > 0 and gflops > 0 else "-")
+        total = sum(c["ms"] for c in classes.values())
+        lines.append(f"| {row['trainer']} | " + " | ".join(cells) + f" | {total:.0f} |")
+    if not lines:
+        return ""
+    header = ["trainer"]
+    for name in OP_CLASSES:
+        header.append(f"{name} ms")
+        if name in ARITHMETIC_CLASSES:
+            header.append(f"{name} GFLOP/s")
+    header.append("sum ms")
+    return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *lines])
+
+
 def run_benchmark(
     trainers: list[str],
     setting: BenchmarkSetting,
@@ -174,6 +202,9 @@ def main(argv: list[str] | None = None) -> None:
         f"{args.threads} threads, torch {torch.__version__}, {platform.processor() or platform.machine()}\n"
     )
     print(format_table(rows, reference))
+    op_classes = format_op_class_table(rows)
+    if op_classes:
+        print(f"\nOne train step by operation class (time inside the operations, timed one by one):\n\n{op_classes}")
     schemes = format_scheme_table(rows)
     if schemes:
         print(f"\nSemi-supervised train step vs supervised training at the same total batch:\n\n{schemes}")

@@ -37,8 +37,9 @@ import torch
 from monai.networks.layers import DropPath
 from torch import nn
 
-from nnunet_ext.networks.attention.bra import AttentionLePE, BiLevelRoutingAttention
+from nnunet_ext.networks.attention.bra import AttentionLePE, BiLevelRoutingAttention, BRAKernel
 from nnunet_ext.networks.common import SegmentationDecoder, SegmentationNetwork, init_transformer_weights
+from nnunet_ext.networks.depthwise import DepthwiseConv2d
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,9 @@ class GCGLEConfig:
     ``dims``/``depths``/``topks``/``region_sizes`` describe encoder stages 0-2 (1/4, 1/8, 1/16 of the input);
     ``decoder_depths`` the decoder levels from coarse (1/16) to fine (1/4). A region size is the routing region's
     side in pixels of that stage (8, 4, 2: 7x7 regions at 224, 8x8 at 256, as the published ``n_win``).
+    ``bra_kernel`` chooses how BRA computes its token attention (same outputs; ``"gather"`` is the paper's
+    computation and FLOP count, ``"auto"`` runs the faster kernel per stage, see
+    :class:`~nnunet_ext.networks.attention.bra.BiLevelRoutingAttention`).
     """
 
     dims: tuple[int, ...] = (96, 192, 384)
@@ -61,6 +65,7 @@ class GCGLEConfig:
     drop_path_rate: float = 0.2
     four_level_decoder: bool = True
     official_layout_bugs: bool = False
+    bra_kernel: BRAKernel = "auto"
 
 
 def _nchw(x: torch.Tensor) -> torch.Tensor:
@@ -108,7 +113,7 @@ class LEBConv(nn.Sequential):
             nn.Conv2d(dim, hidden, 1, bias=False),
             nn.BatchNorm2d(hidden),
             nn.ReLU6(inplace=True),
-            nn.Conv2d(hidden, hidden, 5, padding=2, groups=hidden, bias=False),
+            DepthwiseConv2d(hidden, 5, bias=False),
             nn.BatchNorm2d(hidden),
             nn.ReLU6(inplace=True),
             ECA(hidden),
@@ -150,12 +155,13 @@ class GCGLEBlock(nn.Module):
         region_size: int,
         drop_path: float = 0.0,
         official_layout_bugs: bool = False,
+        bra_kernel: BRAKernel = "auto",
     ):
         super().__init__()
         self.pos_embed = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
         if topk > 0:
-            self.attn: nn.Module = BiLevelRoutingAttention(dim, num_heads, topk, region_size)
+            self.attn: nn.Module = BiLevelRoutingAttention(dim, num_heads, topk, region_size, kernel=bra_kernel)
         elif topk == -2:
             self.attn = AttentionLePE(dim, num_heads)
         else:
@@ -174,11 +180,20 @@ class GCGLEBlock(nn.Module):
 class GCGLEStage(nn.Sequential):
     """``depth`` blocks on an NCHW map, (N, C, H, W) -> same; stochastic depth ``drop_paths[i]`` per block."""
 
-    def __init__(
-        self, dim: int, head_dim: int, topk: int, region_size: int, drop_paths: list[float], layout_bugs: bool
-    ):
+    def __init__(self, dim: int, topk: int, region_size: int, drop_paths: list[float], config: GCGLEConfig):
         super().__init__(
-            *(GCGLEBlock(dim, dim // head_dim, topk, region_size, rate, layout_bugs) for rate in drop_paths)
+            *(
+                GCGLEBlock(
+                    dim,
+                    dim // config.head_dim,
+                    topk,
+                    region_size,
+                    rate,
+                    config.official_layout_bugs,
+                    config.bra_kernel,
+                )
+                for rate in drop_paths
+            )
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -270,16 +285,15 @@ class GCGLEEncoder(nn.Module):
         self.stages = nn.ModuleList(
             GCGLEStage(
                 dims[i],
-                config.head_dim,
                 config.topks[i],
                 config.region_sizes[i],
                 rates[starts[i] : starts[i] + config.depths[i]],
-                config.official_layout_bugs,
+                config,
             )
             for i in range(len(config.depths))
         )
         bottleneck_rates = rates[starts[-1] : starts[-1] + config.bottleneck_depth]
-        self.stages.append(GCGLEStage(dims[-1], config.head_dim, -2, 1, bottleneck_rates, config.official_layout_bugs))
+        self.stages.append(GCGLEStage(dims[-1], -2, 1, bottleneck_rates, config))
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         if x.shape[-2] % 4 or x.shape[-1] % 4:
@@ -311,14 +325,7 @@ class GCGLEDecoderLevel(nn.Module):
         super().__init__()
         self.csam = CSAM(2 * dim, official_layout_bugs=config.official_layout_bugs)
         self.reduce = nn.Linear(2 * dim, dim)
-        self.blocks = GCGLEStage(
-            dim,
-            config.head_dim,
-            topk,
-            region_size,
-            _drop_paths(config.drop_path_rate, depth),
-            config.official_layout_bugs,
-        )
+        self.blocks = GCGLEStage(dim, topk, region_size, _drop_paths(config.drop_path_rate, depth), config)
         self.upsample = PatchExpand(dim) if upsample else None
 
     def forward(self, up: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:

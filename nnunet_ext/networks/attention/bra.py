@@ -9,10 +9,14 @@ Generalisation of BiFormer's fixed ``n_win x n_win`` region grid: the grid is ch
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils import flop_counter
+
+from nnunet_ext.networks.depthwise import DepthwiseConv2d
 
 
 def _count_cpu_attention_flops() -> None:
@@ -58,6 +62,14 @@ def _to_regions(x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     return x.reshape(n, nh * nw, (h // nh) * (w // nw), c)
 
 
+def _region_means(x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """(N, H, W, C) -> (N, nh*nw, C): the mean of each region, regions in row-major order. Two single-axis means
+    (equal-sized regions): on CPU a reduction over the two non-adjacent axes at once is ~10x slower."""
+    n, h, w, c = x.shape
+    nh, nw = grid
+    return x.reshape(n, nh, h // nh, nw, w // nw, c).mean(4).mean(2).reshape(n, nh * nw, c)
+
+
 def _from_regions(x: torch.Tensor, grid: tuple[int, int], size: tuple[int, int]) -> torch.Tensor:
     """Inverse of :func:`_to_regions`: (N, nh*nw, rh*rw, C) -> (N, H, W, C)."""
     n, _, _, c = x.shape
@@ -79,6 +91,21 @@ class QKVLinear(nn.Module):
         return q, k, v
 
 
+BRAKernel = Literal["auto", "gather", "masked"]
+
+
+def masked_kernel_is_faster(regions: int, pixels_per_region: int, topk: int) -> bool:
+    """The ``"auto"`` choice of :class:`BiLevelRoutingAttention`: the masked dense kernel where routing selects every
+    region, or where regions hold at most 4 pixels and the dense attention does at most 16x the routed FLOPs.
+
+    Measured forward+backward on CPU (2 threads, batch 4, ``python -m nnunet_ext.benchmark.kernels``): with 2x2
+    regions the gather kernel spends its time in per-region overhead (4 queries per region and head) and the masked
+    kernel is 1.2-4x faster up to ``regions / topk = 25`` (slower at 32); with 4x4 or 8x8 regions the gather
+    kernel is faster even at ``regions / topk = 6``.
+    """
+    return topk >= regions or (pixels_per_region <= 4 and regions <= 16 * topk)
+
+
 class BiLevelRoutingAttention(nn.Module):
     """BRA: region-to-region top-k routing, then pixel attention to the gathered regions, plus LePE.
 
@@ -88,46 +115,107 @@ class BiLevelRoutingAttention(nn.Module):
     2. Routing (paper Eq. 3-4): ``A_r = (q_r * s) k_r^T`` with ``s = C^-1/2`` (the full width, as the official
        code), computed without gradient; ``I_r = topk(A_r)`` region indices per region.
     3. Token attention (Eq. 5-6): every pixel of region i attends, per head, to the k, v of the pixels of the
-       regions ``I_r[i]`` (one batched gather), ``softmax(q k^T * s) v`` (``scaled_dot_product_attention``).
+       regions ``I_r[i]``: ``softmax(q k^T * s) v`` (``scaled_dot_product_attention``).
     4. ``O = wo(attention + LePE(v))``, LePE a depthwise ``side_dwconv`` conv on the V map (Eq. 6).
 
     ``topk`` larger than the number of regions is clamped (every region is then attended: full attention).
+
+    Step 3 has two kernels with the same result: ``"gather"`` gathers the routed regions' keys and values per
+    region (one batched gather; the paper's computation and FLOP count), ``"masked"`` runs dense attention over the
+    whole map with the keys of unrouted regions masked out (more FLOPs in larger matmuls, no gather). ``"auto"``
+    (default) picks per call with :func:`masked_kernel_is_faster`.
     """
 
-    def __init__(self, dim: int, num_heads: int, topk: int, region_size: int, side_dwconv: int = 5):
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        topk: int,
+        region_size: int,
+        side_dwconv: int = 5,
+        kernel: BRAKernel = "auto",
+    ):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"BRA width {dim} is not divisible by {num_heads} heads")
+        if kernel not in get_args(BRAKernel):
+            raise ValueError(f"BRA kernel must be one of {get_args(BRAKernel)}, got {kernel!r}")
         self.dim, self.num_heads, self.topk, self.region_size = dim, num_heads, topk, region_size
+        self.kernel = kernel
         self.scale = dim**-0.5
         self.qkv = QKVLinear(dim)
-        self.lepe = nn.Conv2d(dim, dim, side_dwconv, padding=side_dwconv // 2, groups=dim)
+        self.lepe = DepthwiseConv2d(dim, side_dwconv)
         self.wo = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor, grid: tuple[int, int] | None = None) -> torch.Tensor:
-        n, h, w, c = x.shape
+        h, w = x.shape[1:3]
         if grid is None:
             grid = region_grid((h, w), self.region_size)
         if h % grid[0] or w % grid[1]:
             raise ValueError(f"a {h}x{w} map cannot be split into {grid[0]}x{grid[1]} regions")
         q, k, v = self.qkv(x)
+        index = self._route(q, k, grid)
+        regions, pixels = grid[0] * grid[1], (h // grid[0]) * (w // grid[1])
+        kernel = self.kernel
+        if kernel == "auto":
+            kernel = "masked" if masked_kernel_is_faster(regions, pixels, index.shape[-1]) else "gather"
+        attention = self._masked_attention if kernel == "masked" else self._gathered_attention
+        attended = attention(q, k, v, index, grid)
+        lepe = self.lepe(v.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)).permute(0, 2, 3, 1)
+        return self.wo(attended + lepe)
+
+    def _route(self, q: torch.Tensor, k: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """(N, H, W, C) q, k -> (N, regions, topk) indices of the regions each region attends to (Eq. 3-4)."""
+        with torch.no_grad():
+            q_r, k_r = (_region_means(t, grid) for t in (q, k))
+            logits = (q_r * self.scale) @ k_r.transpose(-2, -1)
+            return logits.topk(min(self.topk, logits.shape[-1]), dim=-1).indices
+
+    def _split_heads(self, t: torch.Tensor, batch: int) -> torch.Tensor:
+        """(..., C) with ``batch`` leading rows -> (batch, heads, tokens, C / heads)."""
+        return t.reshape(batch, -1, self.num_heads, self.dim // self.num_heads).transpose(1, 2)
+
+    def _merge_heads(self, t: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+        """(batch, heads, tokens, C / heads) -> ``shape`` (..., C)."""
+        return t.transpose(1, 2).reshape(shape)
+
+    def _gathered_attention(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, index: torch.Tensor, grid: tuple[int, int]
+    ) -> torch.Tensor:
+        """Eq. 5-6 with the routed regions' keys and values gathered per region; (N, H, W, C) -> same.
+
+        The gather is one ``index_select`` over the (image, region) rows: its backward (``index_add``) is ~5x
+        faster on CPU than that of advanced indexing (``index_put`` with accumulation)."""
+        n, h, w, c = q.shape
         q_pix, k_pix, v_pix = (_to_regions(t, grid) for t in (q, k, v))
         regions, pixels = q_pix.shape[1], q_pix.shape[2]
-        with torch.no_grad():
-            logits = (q_pix.mean(2) * self.scale) @ k_pix.mean(2).transpose(-2, -1)
-            index = logits.topk(min(self.topk, regions), dim=-1).indices
-        batch = torch.arange(n, device=x.device)[:, None, None]
-        heads, head_dim = self.num_heads, c // self.num_heads
+        rows = (index + regions * torch.arange(n, device=q.device)[:, None, None]).flatten()
 
-        def split_heads(t: torch.Tensor) -> torch.Tensor:
-            return t.reshape(n * regions, -1, heads, head_dim).transpose(1, 2)
+        def gather(t: torch.Tensor) -> torch.Tensor:
+            return t.reshape(n * regions, pixels * c).index_select(0, rows)
 
         attended = F.scaled_dot_product_attention(
-            split_heads(q_pix), split_heads(k_pix[batch, index]), split_heads(v_pix[batch, index]), scale=self.scale
+            *(self._split_heads(t, n * regions) for t in (q_pix, gather(k_pix), gather(v_pix))),
+            scale=self.scale,
         )
-        attended = attended.transpose(1, 2).reshape(n, regions, pixels, c)
-        lepe = self.lepe(v.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)).permute(0, 2, 3, 1)
-        return self.wo(_from_regions(attended, grid, (h, w)) + lepe)
+        return _from_regions(self._merge_heads(attended, (n, regions, pixels, c)), grid, (h, w))
+
+    def _masked_attention(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, index: torch.Tensor, grid: tuple[int, int]
+    ) -> torch.Tensor:
+        """Eq. 5-6 as dense attention of every pixel to every pixel, keys outside the routed regions masked out
+        (their softmax weight is exactly 0); (N, H, W, C) -> same."""
+        n, h, w, c = q.shape
+        routed = torch.zeros(n, grid[0] * grid[1], grid[0] * grid[1], dtype=torch.bool, device=q.device)
+        routed.scatter_(-1, index, True)
+        rows = torch.arange(h, device=q.device) // (h // grid[0])
+        cols = torch.arange(w, device=q.device) // (w // grid[1])
+        region_of_pixel = (rows[:, None] * grid[1] + cols[None, :]).flatten()
+        mask = routed[:, region_of_pixel][:, :, region_of_pixel]
+        attended = F.scaled_dot_product_attention(
+            *(self._split_heads(t, n) for t in (q, k, v)), attn_mask=mask[:, None], scale=self.scale
+        )
+        return self._merge_heads(attended, (n, h, w, c))
 
 
 class AttentionLePE(nn.Module):
@@ -142,7 +230,7 @@ class AttentionLePE(nn.Module):
         self.num_heads = num_heads
         self.qkv = nn.Linear(dim, 3 * dim, bias=False)
         self.proj = nn.Linear(dim, dim)
-        self.lepe = nn.Conv2d(dim, dim, side_dwconv, padding=side_dwconv // 2, groups=dim)
+        self.lepe = DepthwiseConv2d(dim, side_dwconv)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, h, w, c = x.shape
