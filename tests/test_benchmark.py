@@ -13,8 +13,10 @@ from torch import nn
 from nnunet_ext.benchmark.measure import (
     FLOP_FORMULAS,
     count_flops,
+    forward_backward_ms,
     forward_parameter_count,
     measure_trainer,
+    micro_benchmark_arguments,
     step_gflops,
 )
 from nnunet_ext.benchmark.op_classes import OP_CLASSES, op_class_breakdown
@@ -228,3 +230,21 @@ def test_op_class_table_prints_milliseconds_and_gflops_per_second():
     assert table[0].startswith("| trainer | matmul/conv ms | matmul/conv GFLOP/s | attention ms |")
     assert table[2] == "| T | 20 | 150 | 10 | - | 10 | 10 | 10 | 60 |"
     assert len(table) == 3
+
+
+def test_forward_backward_ms_resets_gradients_between_runs():
+    torch.manual_seed(0)
+    layer = nn.Linear(5, 3)
+    x = torch.randn(4, 5)
+    assert forward_backward_ms(layer, x, repeats=3) > 0
+    # one warm-up and three timed runs: the gradient is that of a single run, not the sum of four
+    torch.testing.assert_close(layer.weight.grad, x.sum(0).expand(3, 5))
+
+
+def test_micro_benchmark_arguments_set_the_torch_threads():
+    threads = torch.get_num_threads()
+    try:
+        args = micro_benchmark_arguments("doc", ["--threads", "1", "--repeats", "7"])
+        assert (args.threads, args.repeats, torch.get_num_threads()) == (1, 7, 1)
+    finally:
+        torch.set_num_threads(threads)

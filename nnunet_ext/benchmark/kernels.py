@@ -2,20 +2,19 @@
 
 ``python -m nnunet_ext.benchmark.kernels [--threads 2] [--repeats 3]`` prints two tables (batch 4, median wall time):
 
-1. The weight gradient of a depthwise 5x5 convolution (channels-last input, as in the network) computed by one
-   ``aten.convolution_backward`` call and by :class:`~nnunet_ext.networks.depthwise.DepthwiseConv2d`'s blocks of
-   384 channels, at the widths and map sizes of GCGLE-Net's Local Extraction Blocks (224 and 256 patches).
+1. The forward pass and weight gradient of a depthwise 5x5 convolution (channels-last input, as in the network),
+   the weight gradient computed by one ``aten.convolution_backward`` call and by
+   :class:`~nnunet_ext.networks.depthwise.DepthwiseConv2d`'s blocks of 384 channels, at the widths and map sizes
+   of GCGLE-Net's Local Extraction Blocks (224 and 256 patches).
 2. Forward+backward of bi-level routing attention with its ``"gather"`` and ``"masked"`` kernels at GCGLE-Net's
    three stages for 224 and 256 patches and at the 1/16 stage of a 512 patch, with the ``"auto"`` choice.
 """
 
 from __future__ import annotations
 
-import argparse
-
 import torch
 
-from nnunet_ext.benchmark.measure import median_milliseconds
+from nnunet_ext.benchmark.measure import forward_backward_ms, micro_benchmark_arguments
 from nnunet_ext.networks.attention.bra import BiLevelRoutingAttention, masked_kernel_is_faster, region_grid
 from nnunet_ext.networks.depthwise import DepthwiseConv2d
 
@@ -28,39 +27,23 @@ BRA_STAGES += [(384, 32, 2, 8)]
 
 
 def depthwise_weight_gradient_ms(channels: int, side: int, blockwise: bool, repeats: int) -> float:
-    """Median ms of the weight gradient alone (input gradient not requested) of a 5x5 depthwise convolution."""
+    """Median ms of the forward pass and weight gradient (the input needs none) of a 5x5 depthwise convolution."""
     conv = DepthwiseConv2d(channels, 5, bias=False)
     conv.blockwise_weight_gradient = blockwise
     x = torch.randn(BATCH_SIZE, channels, side, side).contiguous(memory_format=torch.channels_last)
-    upstream = torch.randn_like(x)
-
-    def step() -> None:
-        conv.weight.grad = None
-        conv(x).backward(upstream)
-
-    return median_milliseconds(step, torch.device("cpu"), warmup=1, repeats=repeats)
+    return forward_backward_ms(conv, x, repeats)
 
 
 def bra_step_ms(dim: int, side: int, region_size: int, topk: int, kernel: str, repeats: int) -> float:
     """Median ms of forward+backward of one BRA layer (32-wide heads) with the given kernel."""
     bra = BiLevelRoutingAttention(dim, dim // 32, topk, region_size, kernel=kernel)
-    x = torch.randn(BATCH_SIZE, side, side, dim, requires_grad=True)
-
-    def step() -> None:
-        bra.zero_grad(set_to_none=True)
-        bra(x).sum().backward()
-
-    return median_milliseconds(step, torch.device("cpu"), warmup=1, repeats=repeats)
+    return forward_backward_ms(bra, torch.randn(BATCH_SIZE, side, side, dim, requires_grad=True), repeats)
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: 2)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per measurement; the median is printed")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    args = micro_benchmark_arguments(__doc__, argv)
     torch.manual_seed(0)
-    print(f"Depthwise 5x5 weight gradient, batch {BATCH_SIZE}, channels-last, {args.threads} threads (ms)")
+    print(f"Depthwise 5x5 forward + weight gradient, batch {BATCH_SIZE}, channels-last, {args.threads} threads (ms)")
     print("| channels | map | one call | blocks of 384 | speed-up | DepthwiseConv2d uses |")
     print("|---|---|---|---|---|---|")
     for channels, side in DEPTHWISE_SHAPES:

@@ -33,6 +33,7 @@ least time ratio the scheme can reach at equal arithmetic efficiency.
 
 from __future__ import annotations
 
+import argparse
 import os
 import resource
 import statistics
@@ -157,6 +158,28 @@ def median_milliseconds(step: Callable[[], object], device: torch.device, warmup
             torch.cuda.synchronize(device)
         times.append(1000 * (time.perf_counter() - start))
     return statistics.median(times)
+
+
+def forward_backward_ms(module: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, repeats: int) -> float:
+    """Median wall milliseconds (CPU, one warm-up run) of ``module(x).sum().backward()``, the gradients of the
+    module's parameters reset before each run (``module`` an ``nn.Module`` or any callable of tensors)."""
+
+    def step() -> None:
+        if isinstance(module, nn.Module):
+            module.zero_grad(set_to_none=True)
+        module(x).sum().backward()
+
+    return median_milliseconds(step, torch.device("cpu"), warmup=1, repeats=repeats)
+
+
+def micro_benchmark_arguments(description: str, argv: list[str] | None) -> argparse.Namespace:
+    """``--threads`` (set for torch here) and ``--repeats`` of the ``python -m nnunet_ext.benchmark.*`` scripts."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: 2)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per measurement; the median is printed")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    return args
 
 
 def deep_supervision_scales(network: nn.Module, setting: BenchmarkSetting) -> list[list[float]]:

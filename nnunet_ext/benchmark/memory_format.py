@@ -8,12 +8,10 @@ with the same weights; only the layout of its input differs (layers inherit it),
 
 from __future__ import annotations
 
-import argparse
-
 import torch
 from torch import nn
 
-from nnunet_ext.benchmark.measure import median_milliseconds
+from nnunet_ext.benchmark.measure import forward_backward_ms, micro_benchmark_arguments
 from nnunet_ext.networks.cmunext import CMUNEXT_VARIANTS, CMUNeXtBlock
 
 INPUT_SIZE = 256
@@ -22,21 +20,11 @@ BATCH_SIZE = 4
 
 def block_step_ms(block: nn.Module, x: torch.Tensor, memory_format: torch.memory_format, repeats: int) -> float:
     """Median milliseconds of ``block(x).sum().backward()`` with ``x`` in ``memory_format``."""
-    x = x.contiguous(memory_format=memory_format).requires_grad_()
-
-    def step() -> None:
-        block.zero_grad(set_to_none=True)
-        block(x).sum().backward()
-
-    return median_milliseconds(step, torch.device("cpu"), warmup=1, repeats=repeats)
+    return forward_backward_ms(block, x.contiguous(memory_format=memory_format).requires_grad_(), repeats)
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: 2)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per layout; the median is printed")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    args = micro_benchmark_arguments(__doc__, argv)
     config = CMUNEXT_VARIANTS["cmunext"]
     print(f"CMUNeXt blocks, batch {BATCH_SIZE}, {args.threads} threads: forward+backward ms")
     print("| stage | input | kernel | NCHW ms | channels-last ms | speed-up |")
