@@ -16,7 +16,7 @@ from torch import nn
 WEIGHT_GRADIENT_BLOCK = 384
 """Channels per block of the weight gradient (measured fastest of 192-512 on the shapes above)."""
 BLOCKWISE_ABOVE = 2 * WEIGHT_GRADIENT_BLOCK
-"""Widths above which the blocks pay (1536 channels: 2.2-2.7x faster; 768: 0.8-0.9x, so one call)."""
+"""Widths above which the blocks pay (1536 channels: 2.2-3.4x faster; 768: 0.8-1.5x over runs, so one call)."""
 
 
 def _memory_format(x: torch.Tensor) -> torch.memory_format:
