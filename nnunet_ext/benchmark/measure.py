@@ -40,6 +40,7 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 
 import numpy as np
 import torch
@@ -144,29 +145,32 @@ def step_gflops(step: Callable[[], object]) -> float:
     return counter.get_total_flops() / 1e9
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA runs asynchronously; nothing to wait for on the CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def median_milliseconds(step: Callable[[], object], device: torch.device, warmup: int, repeats: int) -> float:
     """Median wall time of ``step()`` over ``repeats`` runs after ``warmup`` runs."""
     for _ in range(warmup):
         step()
     times = []
     for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        synchronize(device)
         start = time.perf_counter()
         step()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        synchronize(device)
         times.append(1000 * (time.perf_counter() - start))
     return statistics.median(times)
 
 
-def forward_backward_ms(module: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, repeats: int) -> float:
+def forward_backward_ms(module: nn.Module, x: torch.Tensor, repeats: int) -> float:
     """Median wall milliseconds (CPU, one warm-up run) of ``module(x).sum().backward()``, the gradients of the
-    module's parameters reset before each run (``module`` an ``nn.Module`` or any callable of tensors)."""
+    module's parameters reset before each run."""
 
     def step() -> None:
-        if isinstance(module, nn.Module):
-            module.zero_grad(set_to_none=True)
+        module.zero_grad(set_to_none=True)
         module(x).sum().backward()
 
     return median_milliseconds(step, torch.device("cpu"), warmup=1, repeats=repeats)
@@ -311,9 +315,9 @@ def measure_trainer(
         torch.cuda.reset_peak_memory_stats(device)
     measurement.train_step_ms = median_milliseconds(train_step, device, warmup, repeats)
     measurement.peak_memory_mb = peak_memory_mb(device, memory_before)
-    measurement.train_step_gflops = step_gflops(train_step)
-    synchronize = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
-    measurement.op_classes = op_class_breakdown(train_step, FLOP_FORMULAS, synchronize)
+    measurement.op_classes = op_class_breakdown(train_step, FLOP_FORMULAS, partial(synchronize, device))
+    # the classes partition the step's operations, with the FLOP formulas of flop_counter()
+    measurement.train_step_gflops = sum(op["gflops"] for op in measurement.op_classes.values())
     if scheme_step is not None:
         inference_path = getattr(network, "forward_main", network)
         same_network_step = supervised_train_step(network, batch, targets, loss_fn, inference_path)
