@@ -150,6 +150,11 @@ def test_bra_auto_kernel_choice_and_bad_kernel():
     ]
     assert masked_kernel_is_faster(256, 4, 8) is False  # 1/16 of a 512 patch: 16x16 regions, dense 32x the FLOPs
     assert masked_kernel_is_faster(49, 64, 49) is True  # every region routed: full attention
+    # the layer resolves "auto" with its top-k clamped to the regions; an explicit kernel is kept
+    assert BiLevelRoutingAttention(384, 12, 8, 2).kernel_for((14, 14), (7, 7)) == "masked"
+    assert BiLevelRoutingAttention(96, 3, 2, 8).kernel_for((56, 56), (7, 7)) == "gather"
+    assert BiLevelRoutingAttention(96, 3, 50, 8).kernel_for((56, 56), (7, 7)) == "masked"
+    assert BiLevelRoutingAttention(384, 12, 8, 2, kernel="gather").kernel_for((14, 14), (7, 7)) == "gather"
     with pytest.raises(ValueError, match="kernel"):
         BiLevelRoutingAttention(24, 3, 2, region_size=4, kernel="dense")
 
@@ -372,7 +377,8 @@ def test_bra_kernel_choice_changes_neither_outputs_nor_gradients():
         GCGLENet(1, 2, GCGLEConfig(**{**TINY.__dict__, "bra_kernel": k})).double().eval() for k in ("gather", "auto")
     ]
     networks[1].load_state_dict(networks[0].state_dict())
-    assert networks[1].encoder.stages[2][0].attn.kernel == "auto" and masked_kernel_is_faster(16, 4, 8)
+    assert networks[1].encoder.stages[2][0].attn.kernel_for((8, 8), (4, 4)) == "masked"
+    assert networks[0].encoder.stages[2][0].attn.kernel_for((8, 8), (4, 4)) == "gather"
     x = torch.randn(1, 1, 128, 128, dtype=torch.float64)
     outputs = []
     for network in networks:

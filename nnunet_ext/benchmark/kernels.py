@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from nnunet_ext.benchmark.measure import forward_backward_ms, micro_benchmark_arguments
-from nnunet_ext.networks.attention.bra import BiLevelRoutingAttention, masked_kernel_is_faster, region_grid
+from nnunet_ext.networks.attention.bra import BiLevelRoutingAttention, region_grid
 from nnunet_ext.networks.depthwise import DepthwiseConv2d
 
 BATCH_SIZE = 4
@@ -34,10 +34,9 @@ def depthwise_weight_gradient_ms(channels: int, side: int, blockwise: bool, repe
     return forward_backward_ms(conv, x, repeats)
 
 
-def bra_step_ms(dim: int, side: int, region_size: int, topk: int, kernel: str, repeats: int) -> float:
-    """Median ms of forward+backward of one BRA layer (32-wide heads) with the given kernel."""
-    bra = BiLevelRoutingAttention(dim, dim // 32, topk, region_size, kernel=kernel)
-    return forward_backward_ms(bra, torch.randn(BATCH_SIZE, side, side, dim, requires_grad=True), repeats)
+def bra(dim: int, region_size: int, topk: int, kernel: str) -> BiLevelRoutingAttention:
+    """One BRA layer with 32-wide heads, as in GCGLE-Net."""
+    return BiLevelRoutingAttention(dim, dim // 32, topk, region_size, kernel=kernel)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -57,9 +56,10 @@ def main(argv: list[str] | None = None) -> None:
     for dim, side, region_size, topk in BRA_STAGES:
         grid = region_grid((side, side), region_size)
         regions, pixels = grid[0] * grid[1], (side // grid[0]) * (side // grid[1])
-        gather = bra_step_ms(dim, side, region_size, topk, "gather", args.repeats)
-        masked = bra_step_ms(dim, side, region_size, topk, "masked", args.repeats)
-        choice = "masked" if masked_kernel_is_faster(regions, pixels, topk) else "gather"
+        x = torch.randn(BATCH_SIZE, side, side, dim, requires_grad=True)
+        gather = forward_backward_ms(bra(dim, region_size, topk, "gather"), x, args.repeats)
+        masked = forward_backward_ms(bra(dim, region_size, topk, "masked"), x, args.repeats)
+        choice = bra(dim, region_size, topk, "auto").kernel_for((side, side), grid)
         print(f"| {dim} | {side}x{side} | {regions} | {pixels} | {topk} | {gather:.1f} | {masked:.1f} | {choice} |")
 
 

@@ -155,14 +155,17 @@ class BiLevelRoutingAttention(nn.Module):
             raise ValueError(f"a {h}x{w} map cannot be split into {grid[0]}x{grid[1]} regions")
         q, k, v = self.qkv(x)
         index = self._route(q, k, grid)
-        regions, pixels = grid[0] * grid[1], (h // grid[0]) * (w // grid[1])
-        kernel = self.kernel
-        if kernel == "auto":
-            kernel = "masked" if masked_kernel_is_faster(regions, pixels, index.shape[-1]) else "gather"
-        attention = self._masked_attention if kernel == "masked" else self._gathered_attention
+        attention = self._masked_attention if self.kernel_for((h, w), grid) == "masked" else self._gathered_attention
         attended = attention(q, k, v, index, grid)
         lepe = self.lepe(v.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)).permute(0, 2, 3, 1)
         return self.wo(attended + lepe)
+
+    def kernel_for(self, size: tuple[int, int], grid: tuple[int, int]) -> str:
+        """``"gather"`` or ``"masked"``: the kernel a call on a ``size`` map split into ``grid`` regions runs."""
+        if self.kernel != "auto":
+            return self.kernel
+        regions, pixels = grid[0] * grid[1], (size[0] // grid[0]) * (size[1] // grid[1])
+        return "masked" if masked_kernel_is_faster(regions, pixels, min(self.topk, regions)) else "gather"
 
     def _route(self, q: torch.Tensor, k: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         """(N, H, W, C) q, k -> (N, regions, topk) indices of the regions each region attends to (Eq. 3-4)."""
