@@ -16,13 +16,18 @@ _torchvision_schemas = None
 
 
 def _make_torchvision_importable() -> None:
-    """Let nnU-Net's stock trainer walk import torchvision beside a CPU-only torch.
+    """Let nnU-Net's stock trainer walk import torchvision beside a CPU-only build of torch.
 
     nnU-Net's stock lookup imports every trainer module, and the Primus trainers import timm, which imports
-    torchvision. The PyPI torchvision wheel is a CUDA build; beside the CPU build of torch its import fails with
-    ``operator torchvision::nms does not exist`` and takes every stock trainer name except ``nnUNetTrainer``
-    down with it. Only when exactly that happens, the two missing operator schemas are declared (nnU-Net never
-    calls nms) and the import is retried; any other torchvision failure propagates unchanged.
+    torchvision. The upstream problem: PyPI's torchvision wheel (0.28.0 for torch 2.13.0) is built against the CUDA
+    build of torch; its ``_C.so`` links ``libtorch_cuda.so``/``libc10_cuda.so``, which the CPU build of torch does
+    not ship, so torchvision cannot load its operators, and ``torchvision/_meta_registrations.py`` then fails with
+    ``operator torchvision::nms does not exist``, taking every stock trainer name except ``nnUNetTrainer`` down.
+    Only when exactly that happens, the two operator schemas it registers fake kernels for (``nms``, ``qnms``) are
+    declared (nnU-Net never calls them) and the import is retried; any other torchvision failure propagates.
+
+    It can go when torchvision and torch come from the same build (a CUDA torch, or the CPU wheels of PyTorch's own
+    index, ``torchvision==0.28.0+cpu``), or when nnU-Net's lookup stops importing every trainer module.
     """
     global _torchvision_schemas
     if "torchvision" in sys.modules:

@@ -1,4 +1,4 @@
-"""Tiny replicas of the source datasets' layouts, quirks included (reference/datasets.md §1), for converter tests."""
+"""Tiny replicas of the source datasets' layouts, quirks included, for converter tests."""
 
 from __future__ import annotations
 

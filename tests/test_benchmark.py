@@ -27,7 +27,9 @@ from nnunet_ext.benchmark.presets import (
     setting_from_plans,
     setting_from_preset,
 )
+from nnunet_ext.benchmark.trainer_step import initialised_trainer, trainer_train_step
 from nnunet_ext.cli.benchmark import format_op_class_table, format_scheme_table, format_table, run_benchmark
+from nnunet_ext.trainers.guidednet import nnUNetTrainerGuidedNet_CMUNeXt
 
 
 def test_preset_2d_256_is_nnunets_default_network_of_the_reference():
@@ -133,6 +135,25 @@ def test_mgcc_is_timed_on_its_scheme_step_and_compared_with_its_backbone_trainer
     # channel + 3 x 3 ConvMixer layers on CMUNeXt's 256 bottleneck channels
     convmixer = 9 * ((49 + 1) * 256 + 2 * 256 + (256 + 1) * 256 + 2 * 256)
     assert row["params_forward"] == 3_149_185 + 17 + convmixer
+
+
+def test_guidednet_is_timed_on_the_trainers_own_step_with_both_networks_at_full_ramp_weight():
+    preset = BenchmarkPreset(patch_size=(32, 32), batch_size=4, input_channels=1, num_classes=3)
+    setting = BenchmarkSetting("tiny", plans_for_preset("tiny", preset), "tiny", 4, 1, 3)
+    environment = dict(os.environ)
+    trainer = initialised_trainer(nnUNetTrainerGuidedNet_CMUNeXt, setting, torch.device("cpu"))
+    assert dict(os.environ) == environment
+    step = trainer_train_step(trainer, torch.randn(4, 1, 32, 32), setting.num_classes)
+    networks = [trainer.network, trainer.network2]
+    before = [[p.detach().clone() for p in network.parameters()] for network in networks]
+    output = step()
+    # the scheme's own step: its loss terms, the consistency ramp at its published full weight, both networks trained
+    assert output["loss_terms"]["consistency_weight"] == pytest.approx(0.1)
+    assert {"supervised1", "supervised2", "ktcps", "gmm1", "gmm_u2"} <= set(output["loss_terms"])
+    for network, old in zip(networks, before):
+        assert any(not torch.equal(p, q) for p, q in zip(network.parameters(), old))
+    assert math.isfinite(float(output["loss"]))
+    assert trainer.global_iteration == trainer.rampup_iterations + 1 == 30_001
 
 
 def test_scheme_table_compares_with_the_same_network_and_with_the_supervised_reference():

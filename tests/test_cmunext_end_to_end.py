@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import ast
 import json
 
 import numpy as np
 import SimpleITK as sitk
 import torch
-from conftest import SHORT_SCHEDULE
+from nnunet_runs import SHORT_SCHEDULE
 from PIL import Image
 
 
@@ -22,6 +23,11 @@ def test_2d_train_continue_predict_evaluate(nnunet_environment, synthetic_2d, tm
     assert checkpoint["trainer_name"] == trainer and checkpoint["current_epoch"] == 2
     assert "decoder.seg_heads.3.weight" in checkpoint["network_weights"]
     assert (fold / "validation" / "summary.json").is_file()
+    # the results folder says how it was trained: the short-schedule variables in debug.json and the log
+    recorded = ast.literal_eval(json.loads((fold / "debug.json").read_text())["schedule_overrides"])
+    assert recorded == {"num_epochs": 2, "num_iterations_per_epoch": 4, "num_val_iterations_per_epoch": 2}
+    log = next(fold.glob("training_log_*.txt")).read_text()
+    assert "nnUNet_ext_num_epochs=2, nnUNet_ext_num_iterations_per_epoch=4" in log
 
     env.train(spec.dataset_id, "2d", trainer, "--c", schedule={**SHORT_SCHEDULE, "nnUNet_ext_num_epochs": "3"})
     continued = load_checkpoint(fold)

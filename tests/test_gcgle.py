@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from nnunet_ext.checkpoints import extract_state_dict
 from nnunet_ext.networks.attention.bra import (
     AttentionLePE,
     BiLevelRoutingAttention,
@@ -401,7 +402,7 @@ def test_pretrained_encoder_loading_matches_name_and_shape():
     network = GCGLENet(1, 2, TINY)
     source = GCGLENet(3, 5, TINY).encoder.state_dict()
     checkpoint = {"model": {**source, "head.weight": torch.zeros(1000, 128), "stages.0.0.mlp.0.weight": torch.zeros(3)}}
-    loaded, skipped = load_pretrained_encoder(network, checkpoint)
+    loaded, skipped = load_pretrained_encoder(network, extract_state_dict(checkpoint))
     own = network.encoder.state_dict()
     assert set(skipped) == {"head.weight", "stages.0.0.mlp.0.weight", "downsample_layers.0.0.weight"}
     assert len(loaded) == len(source) - 1

@@ -10,7 +10,7 @@ import sys
 
 import numpy as np
 import torch
-from conftest import SHORT_SCHEDULE
+from nnunet_runs import SHORT_SCHEDULE
 from PIL import Image
 
 from nnunet_ext.networks.gcgle import GCGLENet

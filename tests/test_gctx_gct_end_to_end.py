@@ -13,7 +13,7 @@ import sys
 
 import numpy as np
 import torch
-from conftest import SHORT_SCHEDULE
+from nnunet_runs import SHORT_SCHEDULE
 from PIL import Image
 
 

@@ -24,10 +24,10 @@ from nnunet_ext.official.gctx_unet import build_official_network, official_key_m
 from nnunet_ext.trainers.gctx_unet import (
     PRETRAINED_VARIABLE,
     build_gctx_unet,
-    load_pretrained_from_environment,
     nnUNetTrainerGCTxUNet,
     nnUNetTrainerGCTxUNet_MLP3,
 )
+from nnunet_ext.trainers.pretrained import initialise_from_environment
 
 GOLDEN = Path(__file__).parent / "golden" / "gctx_unet_mlp4.pt"
 
@@ -241,7 +241,7 @@ def test_pretrained_initialisation_matches_names_and_shapes_and_mirrors_the_enco
     torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}, "epoch": 300}, path)
     monkeypatch.setenv(PRETRAINED_VARIABLE, str(path))
     network = GCtxUNet(3, 3, mlp_ratio=3.0)
-    load_pretrained_from_environment(network, log=lambda message: None)
+    initialise_from_environment(PRETRAINED_VARIABLE, network, load_gcvit_encoder_weights, log=lambda message: None)
     own = network.state_dict()
     assert torch.equal(own["encoder.patch_embed.proj.weight"], state["patch_embed.proj.weight"])
     assert torch.equal(own["encoder.norm.weight"], state["norm.weight"])
@@ -270,7 +270,7 @@ def test_pretrained_three_channel_embedding_is_summed_for_gray_input_and_missing
     torch.testing.assert_close(gray.encoder.patch_embed.proj.weight.detach(), expected)
     monkeypatch.setenv(PRETRAINED_VARIABLE, str(tmp_path / "absent.pth"))
     with pytest.raises(FileNotFoundError, match=PRETRAINED_VARIABLE):
-        load_pretrained_from_environment(gray)
+        initialise_from_environment(PRETRAINED_VARIABLE, gray, load_gcvit_encoder_weights)
 
 
 def test_benchmark_row_of_gctx_unet_in_3d_names_the_reason():

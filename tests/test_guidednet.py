@@ -186,7 +186,7 @@ def test_official_shared_state_mode_reproduces_the_official_iteration(golden):
 
 def test_per_network_state_mode_differs_from_the_official_shared_state_only_in_kt_cps(golden):
     """The official code updates one state twice: W_A = EMA(W0, w(n1)), W_B = EMA(W_A, w(n2)), so W_B carries
-    network 1's counts too. Per network (the issue's design) W_A = EMA(W0, w(n1)) is the same, but
+    network 1's counts too. Per network (our default) W_A = EMA(W0, w(n1)) is the same, but
     W_B = EMA(W0, w(n2)): only network 1's pseudo-supervision weight (W_B) and hence ``ktcps`` and the total change.
     Checked by hand here; every other term equals the official one."""
     (loss, terms), state = golden_loss(golden, shared=False)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import SimpleITK as sitk
 import torch
-from conftest import SHORT_SCHEDULE
+from nnunet_runs import SHORT_SCHEDULE
 from nnunetv2.run.run_training import get_trainer_from_args, maybe_load_checkpoint
 from PIL import Image
 

@@ -9,7 +9,7 @@ import nnunetv2.training.nnUNetTrainer.nnUNetTrainer as nnunet_trainer_module
 import numpy as np
 import pytest
 import torch
-from conftest import SHORT_SCHEDULE
+from nnunet_runs import SHORT_SCHEDULE
 from nnunetv2.run.run_training import get_trainer_from_args, maybe_load_checkpoint
 from PIL import Image
 

@@ -12,19 +12,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import SHORT_SCHEDULE
+from nnunet_runs import SHORT_SCHEDULE
 from nnunetv2.run.load_pretrained_weights import load_pretrained_weights
 from torch import nn
 
+from nnunet_ext.checkpoints import extract_state_dict
 from nnunet_ext.cli.convert_official_weights import main as convert_main
 from nnunet_ext.networks.cmunext import CMUNEXT_VARIANTS, cmunext
 from nnunet_ext.official import ARCHITECTURES, OfficialArchitecture, official_architecture
-from nnunet_ext.official.convert import (
-    CONVERSION_KEY,
-    convert_state_dict,
-    extract_state_dict,
-    load_official_state_dict,
-)
+from nnunet_ext.official.convert import CONVERSION_KEY, convert_state_dict, load_official_state_dict
 
 GOLDEN = Path(__file__).parent / "golden"
 

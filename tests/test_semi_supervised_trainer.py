@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import SHORT_SCHEDULE
+from nnunet_runs import SHORT_SCHEDULE
 from nnunetv2.run.run_training import get_trainer_from_args, maybe_load_checkpoint, run_training
 from PIL import Image
 from torch import nn
@@ -87,7 +87,7 @@ class nnUNetTrainerRecordingScheme(nnUNetTrainerSemiSupervisedBase):
 
 # -------------------------------------------------------------------------------------------------- units
 def test_sigmoid_rampup_reproduces_the_published_ssl4mis_values():
-    # ssl.md section 4.2: consistency weight / c at iterations 0, 7 500, 15 000, 20 000 and >= 30 000 (ramp 200 x 150)
+    # SSL4MIS' ramp: consistency weight / c at iterations 0, 7 500, 15 000, 20 000 and >= 30 000 (ramp 200 x 150)
     expected = {0: 0.0067, 7_500: 0.060, 15_000: 0.287, 20_000: 0.571, 30_000: 1.0, 45_000: 1.0}
     for iteration, value in expected.items():
         assert ramped_weight(7.0, iteration, 200) == pytest.approx(7.0 * value, abs=7.0 * 6e-4)

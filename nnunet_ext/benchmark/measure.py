@@ -5,54 +5,52 @@ Every trainer is measured the same way:
 - ``params``: all parameters the trainer builds (deep-supervision heads included, as nnU-Net builds them);
   ``params_forward``: parameters an inference forward (deep supervision off) uses (:func:`forward_parameter_count`).
 - ``gflops``: one inference forward of one patch (batch 1), counted by ``torch.utils.flop_counter.FlopCounterMode``
-  (2 FLOPs per multiply-add; the counter of ``reference/architectures.md``'s parity table).
+  (2 FLOPs per multiply-add).
 - ``train_step_gflops``: one train step (below) on the batch, forward and backward, counted the same way (with
   :func:`conv_backward_flops` for convolution backward passes): the work the step cannot avoid, against which its
   time can be judged.
 - ``forward_ms``: median wall time of an inference forward of a batch (eval mode, no grad).
-- ``train_step_ms``: median wall time of nnU-Net's train step on a batch: forward with deep supervision, nnU-Net's
-  Dice + CE loss with its deep-supervision weights, backward, gradient clipping at 12, SGD step.
+- ``train_step_ms``: median wall time of the trainer's own ``train_step`` on a batch
+  (:mod:`nnunet_ext.benchmark.trainer_step`): for a supervised trainer nnU-Net's step (forward with deep
+  supervision, Dice + CE with its deep-supervision weights, backward, clipping at 12, the trainer's optimizer); for a
+  semi-supervised trainer its scheme step with every network it trains, the batch's first labeled share
+  (``batch_composition``) labeled and the scheme's ramped weights at full value.
 - ``op_classes``: the train step's time and FLOPs by operation class (matrix products and convolutions, attention,
   depthwise convolutions, normalisation, the rest; :mod:`nnunet_ext.benchmark.op_classes`): which part of the
   step runs at what arithmetic efficiency.
-- ``peak_memory_mb``: peak memory of the train steps above what the process held before the network was built
+- ``peak_memory_mb``: peak memory of the train steps above what the process held before the trainer was built
   (CPU: resident set size; CUDA: ``torch.cuda.max_memory_allocated``): parameters, gradients, optimizer state and
   activations.
 
-Semi-supervised trainers that define ``benchmark_train_step`` (a staticmethod, see
-:meth:`nnunet_ext.trainers.guidednet.nnUNetTrainerGuidedNet.benchmark_train_step`) are timed on their own train step
-(all their networks, the scheme loss) on the same batch, its first ``labeled_batch_fraction`` labeled; ``params``
-then counts every network they build, and ``supervised_reference`` names their ``supervised_trainer``, the
-one-network supervised training they are compared with at the same total batch. ``same_network_supervised_ms`` is
-nnU-Net's supervised step above on the scheme network's inference path (``forward_main`` where the network has one,
-e.g. MGCC's encoder, ConvMixer chain and main decoder) with the whole batch labeled: the cost of training that
-network without the scheme, the reference of a scheme on its own network (``nnUNetTrainerMGCC``);
-``same_network_supervised_gflops`` counts that step's FLOPs, so the ratio of the two step FLOP counts is the
-least time ratio the scheme can reach at equal arithmetic efficiency.
+For semi-supervised trainers ``params`` counts every network they train, and ``supervised_reference`` names their
+``supervised_trainer``, the one-network supervised training they are compared with at the same total batch.
+``same_network_supervised_ms`` is nnU-Net's supervised step (:func:`~nnunet_ext.trainers.steps.supervised_train_step`)
+on the scheme network's inference path (``forward_main`` where the network has one, e.g. MGCC's encoder, ConvMixer
+chain and main decoder) with the whole batch labeled: the cost of training that network without the scheme, the
+reference of a scheme on its own network (``nnUNetTrainerMGCC``); ``same_network_supervised_gflops`` counts that
+step's FLOPs, so the ratio of the two step FLOP counts is the least time ratio the scheme can reach at equal
+arithmetic efficiency.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import resource
-import statistics
-import time
+import contextlib
+import io
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from functools import partial
 
-import numpy as np
 import torch
-from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
-from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
-from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
 from nnunet_ext.benchmark.op_classes import op_class_breakdown
 from nnunet_ext.benchmark.presets import BenchmarkSetting
-from nnunet_ext.trainers.semi_supervised import GRADIENT_CLIP_NORM, split_batch
+from nnunet_ext.benchmark.trainer_step import deep_supervision_targets, initialised_trainer, trainer_train_step
+from nnunet_ext.timing import median_milliseconds, memory_in_use, peak_memory_mb, synchronize
+from nnunet_ext.trainers.semi_supervised import nnUNetTrainerSemiSupervisedBase
+from nnunet_ext.trainers.steps import supervised_train_step
 
 
 @dataclass
@@ -145,26 +143,6 @@ def step_gflops(step: Callable[[], object]) -> float:
     return counter.get_total_flops() / 1e9
 
 
-def synchronize(device: torch.device) -> None:
-    """Wait for the device's queued work (CUDA runs asynchronously; nothing to wait for on the CPU)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def median_milliseconds(step: Callable[[], object], device: torch.device, warmup: int, repeats: int) -> float:
-    """Median wall time of ``step()`` over ``repeats`` runs after ``warmup`` runs."""
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(repeats):
-        synchronize(device)
-        start = time.perf_counter()
-        step()
-        synchronize(device)
-        times.append(1000 * (time.perf_counter() - start))
-    return statistics.median(times)
-
-
 def forward_backward_ms(module: nn.Module, x: torch.Tensor, repeats: int) -> float:
     """Median wall milliseconds (CPU, one warm-up run) of ``module(x).sum().backward()``, the gradients of the
     module's parameters reset before each run."""
@@ -186,72 +164,6 @@ def micro_benchmark_arguments(description: str, argv: list[str] | None) -> argpa
     return args
 
 
-def deep_supervision_scales(network: nn.Module, setting: BenchmarkSetting) -> list[list[float]]:
-    """The network's own scales (nnunet_ext contract), else nnU-Net's from the plans' strides."""
-    if hasattr(network, "deep_supervision_scales"):
-        return network.deep_supervision_scales
-    strides = np.vstack(setting.configuration_manager.pool_op_kernel_sizes)
-    return [list(row) for row in 1 / np.cumprod(strides, axis=0)][:-1]
-
-
-def nnunet_loss(scales: list[list[float]]) -> nn.Module:
-    """nnU-Net's default loss for label (non-region) training with deep supervision over ``scales``."""
-    loss = DC_and_CE_loss(
-        {"batch_dice": True, "smooth": 1e-5, "do_bg": False, "ddp": False},
-        {},
-        weight_ce=1,
-        weight_dice=1,
-        dice_class=MemoryEfficientSoftDiceLoss,
-    )
-    weights = np.array([1 / 2**i for i in range(len(scales))])
-    weights[-1] = 0
-    return DeepSupervisionWrapper(loss, weights / weights.sum())
-
-
-def memory_in_use(device: torch.device) -> int:
-    """Bytes in use now: memory allocated on a CUDA device, else the process's resident set size."""
-    if device.type == "cuda":
-        return torch.cuda.memory_allocated(device)
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def peak_memory_mb(device: torch.device, baseline: int) -> float:
-    """Peak memory above ``baseline`` bytes: CUDA since the last ``reset_peak_memory_stats``, CPU peak RSS."""
-    if device.type == "cuda":
-        peak = torch.cuda.max_memory_allocated(device)
-    else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return (peak - baseline) / 2**20
-
-
-def nnunet_sgd(network: nn.Module) -> torch.optim.SGD:
-    """nnU-Net's optimizer at its initial learning rate: SGD lr 1e-2, momentum 0.99, Nesterov, weight decay 3e-5."""
-    return torch.optim.SGD(network.parameters(), lr=1e-2, momentum=0.99, nesterov=True, weight_decay=3e-5)
-
-
-def supervised_train_step(
-    network: nn.Module,
-    batch: torch.Tensor,
-    targets: list[torch.Tensor],
-    loss_fn: Callable[[object, list[torch.Tensor]], torch.Tensor],
-    forward: Callable[[torch.Tensor], object] | None = None,
-) -> Callable[[], None]:
-    """nnU-Net's train step: forward (``network`` or ``forward``), ``loss_fn(outputs, targets)``, backward, clipping
-    at 12, :func:`nnunet_sgd` step."""
-    forward = network if forward is None else forward
-    optimizer = nnunet_sgd(network)
-
-    def train_step() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(forward(batch), targets)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(network.parameters(), GRADIENT_CLIP_NORM)
-        optimizer.step()
-
-    return train_step
-
-
 def measure_trainer(
     trainer_name: str, setting: BenchmarkSetting, device_name: str, warmup: int, repeats: int, threads: int
 ) -> dict:
@@ -267,50 +179,23 @@ def measure_trainer(
     try:
         trainer_class = recursive_find_trainer_class_by_name(trainer_name)
         memory_before = memory_in_use(device)
-
-        def build() -> nn.Module:
-            return trainer_class.build_network_architecture(
-                setting.plans_manager,
-                setting.configuration_manager,
-                setting.input_channels,
-                setting.num_classes,
-                True,
-            )
-
-        network = build().to(device)
+        with contextlib.redirect_stdout(io.StringIO()):  # nnU-Net's citation and device lines
+            trainer = initialised_trainer(trainer_class, setting, device)
     except Exception as error:
         measurement.error = f"{type(error).__name__}: {error}"
         return measurement.as_dict()
+    network = trainer.unwrapped_network
+    networks = [network, *getattr(trainer, "extra_networks", {}).values()]
     measurement.network = getattr(network, "network_name", type(network).__name__)
-    measurement.params = sum(p.numel() for p in network.parameters())
+    measurement.params = sum(p.numel() for net in networks for p in net.parameters())
 
-    patch = setting.patch_size
-    batch = torch.randn(setting.batch_size, setting.input_channels, *patch, device=device)
-    scales = deep_supervision_scales(network, setting)
-    targets = [
-        torch.randint(
-            0,
-            setting.num_classes,
-            (setting.batch_size, 1, *[round(p * s) for p, s in zip(patch, scale)]),
-            device=device,
-        )
-        for scale in scales
-    ]
-    loss_fn = nnunet_loss(scales)
-    scheme_step = getattr(trainer_class, "benchmark_train_step", None)
-    if scheme_step is None:
-        train_step = supervised_train_step(network, batch, targets, loss_fn)
-    else:
-        supervised_trainer = getattr(trainer_class, "supervised_trainer", None)
+    batch = torch.randn(setting.batch_size, setting.input_channels, *setting.patch_size, device=device)
+    train_step = trainer_train_step(trainer, batch, setting.num_classes)
+    is_scheme = isinstance(trainer, nnUNetTrainerSemiSupervisedBase)
+    if is_scheme:
+        supervised_trainer = trainer_class.supervised_trainer
         measurement.supervised_reference = supervised_trainer.__name__ if supervised_trainer else None
-        num_labeled, _ = split_batch(setting.batch_size, trainer_class.labeled_batch_fraction)
-        train_step, extra_networks = scheme_step(
-            network, lambda: build().to(device), batch, targets, loss_fn, num_labeled, setting.num_classes
-        )
-        measurement.params += sum(p.numel() for extra in extra_networks for p in extra.parameters())
 
-    network.train()
-    network.decoder.deep_supervision = True
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     measurement.train_step_ms = median_milliseconds(train_step, device, warmup, repeats)
@@ -318,9 +203,10 @@ def measure_trainer(
     measurement.op_classes = op_class_breakdown(train_step, FLOP_FORMULAS, partial(synchronize, device))
     # the classes partition the step's operations, with the FLOP formulas of flop_counter()
     measurement.train_step_gflops = sum(op["gflops"] for op in measurement.op_classes.values())
-    if scheme_step is not None:
+    if is_scheme:
+        targets = [t.to(device) for t in deep_supervision_targets(trainer, setting.batch_size, setting.num_classes)]
         inference_path = getattr(network, "forward_main", network)
-        same_network_step = supervised_train_step(network, batch, targets, loss_fn, inference_path)
+        same_network_step = supervised_train_step(network, batch, targets, trainer.loss, inference_path)
         measurement.same_network_supervised_ms = median_milliseconds(same_network_step, device, warmup, repeats)
         measurement.same_network_supervised_gflops = step_gflops(same_network_step)
 

@@ -1,7 +1,7 @@
 """One source case and how it becomes nnU-Net raw files.
 
 A :class:`Case` knows its case id, the split it goes to (``Tr`` -> imagesTr/labelsTr, ``Ts`` ->
-imagesTs/labelsTs, ``Ul`` -> imagesUl, design.md §6) and its source files. ``check()`` validates it completely
+imagesTs/labelsTs, ``Ul`` -> imagesUl, the unlabeled pool) and its source files. ``check()`` validates it completely
 enough that ``write()`` cannot fail on the source (it raises one of the named
 :class:`~nnunet_ext.conversion.errors.SourceProblem` kinds and returns the channel count); ``write()`` writes it
 with nnU-Net naming: images ``{case}_{XXXX}{ending}``, labels ``{case}{ending}``.

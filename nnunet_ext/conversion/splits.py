@@ -3,7 +3,7 @@
 A protocol split assigns labelled cases to train / val / test. The converters write the train and val cases to
 imagesTr/labelsTr with ``splits_final.json = [{"train": train, "val": val}]`` (fold 0; nnU-Net's planner copies
 it into nnUNet_preprocessed) and the test cases to imagesTs/labelsTs, plus ``<protocol>_protocol.json`` listing
-every role. How this maps onto ``nnUNetv2_ext_ssl_split`` (design.md §6) is stated per dataset in the README.
+every role. How this maps onto ``nnUNetv2_ext_ssl_split`` is stated per dataset in the README.
 """
 
 from __future__ import annotations

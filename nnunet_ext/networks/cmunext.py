@@ -26,10 +26,11 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from dynamic_network_architectures.building_blocks.helper import get_matching_batchnorm, get_matching_pool_op
+from dynamic_network_architectures.building_blocks.helper import get_matching_pool_op
 from torch import nn
 from torch.nn.modules.conv import _ConvNd
 
+from nnunet_ext.networks.blocks import ConvBlock, ConvGELUNorm, Residual
 from nnunet_ext.networks.common import (
     SegmentationDecoder,
     SegmentationNetwork,
@@ -61,39 +62,6 @@ CMUNEXT_VARIANTS: dict[str, CMUNeXtConfig] = {
     "cmunext_s": CMUNeXtConfig(dims=(8, 16, 32, 64, 128), depths=(1, 1, 1, 1, 1), kernels=(3, 3, 7, 7, 9)),
     "cmunext_l": CMUNeXtConfig(dims=(32, 64, 128, 256, 512), depths=(1, 1, 1, 6, 3), kernels=(3, 3, 7, 7, 7)),
 }
-
-
-class ConvBlock(nn.Sequential):
-    """Conv 3x3 (bias) -> BN -> ReLU: the official ``conv_block``."""
-
-    def __init__(self, in_channels: int, out_channels: int, conv_op: type[_ConvNd]):
-        norm_op = get_matching_batchnorm(conv_op)
-        super().__init__(conv_op(in_channels, out_channels, 3, padding=1), norm_op(out_channels), nn.ReLU(inplace=True))
-
-
-class ConvGELUNorm(nn.Sequential):
-    """Conv -> GELU -> BN, the activation-before-norm unit CMUNeXt uses everywhere else."""
-
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        conv_op: type[_ConvNd],
-        kernel_size: int = 1,
-        groups: int = 1,
-    ):
-        norm_op = get_matching_batchnorm(conv_op)
-        conv = conv_op(in_channels, out_channels, kernel_size, padding=kernel_size // 2, groups=groups)
-        super().__init__(conv, nn.GELU(), norm_op(out_channels))
-
-
-class Residual(nn.Module):
-    def __init__(self, fn: nn.Module):
-        super().__init__()
-        self.fn = fn
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fn(x) + x
 
 
 class CMUNeXtBlock(nn.Sequential):

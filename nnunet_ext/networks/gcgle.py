@@ -1,8 +1,9 @@
 """GCGLE-Net: Global Contextual Guided Local Extraction Network (a BRAU-Net++ fork, ``minshiquan/GCGLE_Net``).
 
 A U-shaped network of BiFormer blocks whose MLP is replaced by the Local Extraction Block (LEB, with ECA), and
-whose skip fusions pass through the Channel-Spatial Aggregation Module (CSAM). The official code cannot run
-(``reference/architectures.md`` A.2); this is its intended semantics (A.3):
+whose skip fusions pass through the Channel-Spatial Aggregation Module (CSAM). The official code does not run as
+published (mismatched layouts between blocks, see ``GCGLEConfig.official_layout_bugs``); this is its intended
+semantics:
 
 - encoder: conv stem (/4) and stages of :class:`GCGLEBlock` (96, 192, 384 channels; depths 2, 2, 8; top-k 2, 4, 8;
   32-wide heads) with strided 3x3 conv + BN downsampling, down to a 768-channel bottleneck at 1/32;
@@ -16,7 +17,7 @@ reference's 47,393,016 at 3 channels / 9 classes):
   56x56 level is dropped, its upsample feeds the head directly): 46,641,998 parameters.
 - ``bottleneck_depth=2`` runs the two 768-channel full-attention blocks (BiFormer ``topk=-2``: MHSA + LePE) at
   the bottleneck that the figure shows and the official code builds but never calls.
-- ``official_layout_bugs=True`` reproduces the official layout defects 4 and 5 (LEB output spatially transposed,
+- ``official_layout_bugs=True`` reproduces two layout defects of the official code (LEB output spatially transposed,
   CSAM channel attention on reinterpreted memory); off by default. Needs square maps.
 
 Deviations from the official code, all documented where they happen: nothing is built that the forward does not
@@ -37,6 +38,7 @@ import torch
 from monai.networks.layers import DropPath
 from torch import nn
 
+from nnunet_ext.checkpoints import load_matching
 from nnunet_ext.networks.attention.bra import AttentionLePE, BiLevelRoutingAttention, BRAKernel
 from nnunet_ext.networks.common import SegmentationDecoder, SegmentationNetwork, init_transformer_weights
 from nnunet_ext.networks.depthwise import DepthwiseConv2d
@@ -408,12 +410,9 @@ class GCGLENet(SegmentationNetwork):
         self.apply(init_transformer_weights)
 
 
-def load_pretrained_encoder(network: GCGLENet, checkpoint: Mapping[str, torch.Tensor]) -> tuple[list[str], list[str]]:
-    """Load a BiFormer ImageNet checkpoint into the encoder, non-strictly: every tensor whose name (BiFormer's,
-    optionally under ``model``) exists in the encoder with the same shape is copied, the rest skipped (as the
-    published ``load_from``). Returns (loaded names, skipped names)."""
-    state = checkpoint.get("model", checkpoint)
-    own = network.encoder.state_dict()
-    loaded = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    network.encoder.load_state_dict(loaded, strict=False)
-    return sorted(loaded), sorted(set(state) - set(loaded))
+def load_pretrained_encoder(network: GCGLENet, state_dict: Mapping[str, torch.Tensor]) -> tuple[list[str], list[str]]:
+    """Load a BiFormer ImageNet state dict into the encoder, non-strictly: every tensor whose name (BiFormer's)
+    exists in the encoder with the same shape is copied, the rest skipped (as the published ``load_from``).
+    Returns (loaded names, skipped names)."""
+    loaded = load_matching(network.encoder, state_dict)
+    return loaded, sorted(set(state_dict) - set(loaded))

@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from dynamic_network_architectures.building_blocks.regularization import DropPath
 from torch import nn
 
+from nnunet_ext.checkpoints import load_matching
 from nnunet_ext.networks.common import SegmentationDecoder, SegmentationNetwork, init_transformer_weights
 
 Window = tuple[int, int]
@@ -52,13 +53,13 @@ TOTAL_STRIDE = 32
 DEPTHS = (2, 2, 2, 1)
 
 
-def to_channels_last(x: torch.Tensor) -> torch.Tensor:
-    """(B, C, H, W) -> (B, H, W, C)."""
+def permute_to_nhwc(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> (B, H, W, C): a view with the channels as the last axis (for LayerNorm and Linear layers)."""
     return x.permute(0, 2, 3, 1)
 
 
-def to_channels_first(x: torch.Tensor) -> torch.Tensor:
-    """(B, H, W, C) -> (B, C, H, W)."""
+def permute_to_nchw(x: torch.Tensor) -> torch.Tensor:
+    """(B, H, W, C) -> (B, C, H, W): the inverse of :func:`permute_to_nhwc`."""
     return x.permute(0, 3, 1, 2)
 
 
@@ -119,9 +120,9 @@ class ReduceSize(nn.Module):
         self.norm2 = nn.LayerNorm(dim_out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = to_channels_first(self.norm1(x))
+        x = permute_to_nchw(self.norm1(x))
         x = self.reduction(x + self.conv(x))
-        return self.norm2(to_channels_last(x))
+        return self.norm2(permute_to_nhwc(x))
 
 
 class UpSize(nn.Module):
@@ -140,9 +141,9 @@ class UpSize(nn.Module):
         self.norm2 = nn.LayerNorm(dim_out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = to_channels_first(self.norm1(x))
+        x = permute_to_nchw(self.norm1(x))
         x = self.expansion(self.upsample(x + self.conv(x)))
-        return self.norm2(to_channels_last(x))
+        return self.norm2(permute_to_nhwc(x))
 
 
 class FeatExtract(nn.Module):
@@ -166,7 +167,7 @@ class PatchEmbed(nn.Module):
         self.conv_down = ReduceSize(dim, keep_dim=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv_down(to_channels_last(self.proj(x)))
+        return self.conv_down(permute_to_nhwc(self.proj(x)))
 
 
 class PatchUnembed(nn.Module):
@@ -178,7 +179,7 @@ class PatchUnembed(nn.Module):
         self.conv_up2 = UpSize(dim, keep_dim=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return to_channels_first(self.conv_up2(self.conv_up(x)))
+        return permute_to_nchw(self.conv_up2(self.conv_up(x)))
 
 
 def relative_position_index(window: Window) -> torch.Tensor:
@@ -309,7 +310,7 @@ class GlobalQueryGen(nn.Module):
         self.to_q_global = nn.Sequential(*stages)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        q = to_channels_last(self.to_q_global(x))
+        q = permute_to_nhwc(self.to_q_global(x))
         b, c = q.shape[0], q.shape[-1]
         return q.reshape(b, -1, self.num_heads, c // self.num_heads).transpose(1, 2)
 
@@ -342,7 +343,7 @@ class GCViTLayer(nn.Module):
         self.q_global_gen = GlobalQueryGen(dim, num_heads, int(pools))
 
     def run_blocks(self, x: torch.Tensor) -> torch.Tensor:
-        q_global = self.q_global_gen(to_channels_first(x))
+        q_global = self.q_global_gen(permute_to_nchw(x))
         for block in self.blocks:
             x = block(x, q_global)
         return x
@@ -433,9 +434,9 @@ class GCtxEncoder(nn.Module):
         x = self.patch_embed(x)
         skips = []
         for level in self.levels:
-            skips.append(to_channels_first(x))
+            skips.append(permute_to_nchw(x))
             x = level(x)
-        return [*skips[:-1], to_channels_first(self.norm(x))]
+        return [*skips[:-1], permute_to_nchw(self.norm(x))]
 
 
 class GCtxDecoder(SegmentationDecoder):
@@ -484,16 +485,16 @@ class GCtxDecoder(SegmentationDecoder):
         self.up = PatchUnembed(embed_dim)
 
     def decode_levels(self, skips: list[torch.Tensor]) -> list[torch.Tensor]:
-        x = to_channels_last(skips[-1])
+        x = permute_to_nhwc(skips[-1])
         levels = []
         for k, (layer, concat) in enumerate(zip(self.layers_up, self.concat_back_dim)):
             if k > 0:
-                x = concat(torch.cat([x, to_channels_last(skips[len(skips) - 1 - k])], dim=-1))
+                x = concat(torch.cat([x, permute_to_nhwc(skips[len(skips) - 1 - k])], dim=-1))
             x = layer(x)
             if k < 2:
-                levels.append(to_channels_first(x))
+                levels.append(permute_to_nchw(x))
         x = self.norm_up(x)
-        levels.append(to_channels_first(x))
+        levels.append(permute_to_nchw(x))
         levels.append(self.up(x))
         return [crop_to(level, size) for level, size in zip(levels, self.output_sizes)]
 
@@ -566,28 +567,19 @@ def load_gcvit_encoder_weights(
     summed over its input channels for a 1-channel network (the same function as repeating the gray image to
     RGB). Returns (our names loaded, checkpoint names skipped).
     """
-    originals = {name.removeprefix("module."): tensor for name, tensor in checkpoint_state.items()}
-    candidates = dict(originals)
-    for name, tensor in originals.items():
+    candidates = dict(checkpoint_state)
+    for name, tensor in checkpoint_state.items():
         if name.startswith("levels."):
             level, _, rest = name.removeprefix("levels.").partition(".")
             candidates[f"layers_up.{len(DEPTHS) - 1 - int(level)}.{rest}"] = tensor
-    own = network.state_dict()
-    updates: dict[str, torch.Tensor] = {}
+    gray = network.encoder.patch_embed.proj.in_channels == 1
+    ours = {}
     for name, tensor in candidates.items():
         target = official_to_network_name(name)
-        if target == "encoder.patch_embed.proj.weight" and own[target].shape[1] == 1 and tensor.shape[1] == 3:
+        if target == "encoder.patch_embed.proj.weight" and gray and tensor.shape[1] == 3:
             tensor = tensor.sum(dim=1, keepdim=True)
-        if target in own and own[target].shape == tensor.shape:
-            updates[target] = tensor
-    skipped = [name for name in originals if official_to_network_name(name) not in updates]
-    network.load_state_dict(updates, strict=False)
-    return sorted(updates), skipped
-
-
-def checkpoint_state_dict(checkpoint: Mapping) -> Mapping[str, torch.Tensor]:
-    """The state dict inside a GC-ViT checkpoint file (``state_dict`` or ``model`` entry, or the dict itself)."""
-    for key in ("state_dict", "model"):
-        if key in checkpoint and isinstance(checkpoint[key], Mapping):
-            return checkpoint[key]
-    return checkpoint
+        if target is not None:
+            ours[target] = tensor
+    loaded = load_matching(network, ours)
+    skipped = [name for name in checkpoint_state if official_to_network_name(name) not in loaded]
+    return loaded, skipped

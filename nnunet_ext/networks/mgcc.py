@@ -1,8 +1,7 @@
 """MGCC: Multi-Level Global Context Cross Consistency (Tang et al., arXiv 2305.09447), written against the network
 contract of :mod:`nnunet_ext.networks.common` so that it wraps any backbone.
 
-Following the official ``FengheTan9/Multi-Level-Global-Context-Cross-Consistency`` (``src/network/MGCC.py``,
-reference ``ssl.md`` section 1.1-1.2):
+Following the official ``FengheTan9/Multi-Level-Global-Context-Cross-Consistency`` (``src/network/MGCC.py``):
 
 - the backbone's encoder gives skips ``x_1 .. x_n`` (``x_n`` the bottleneck);
 - three ConvMixer blocks (depth 3, kernel 7) are applied in series on the bottleneck only ("global context");
@@ -35,7 +34,7 @@ Generalisations (none changes the published 2D network):
 - The input is converted to channels-last memory layout (same values), which every layer inherits: on CPU the
   backward pass of the depthwise 7x7 ConvMixer convolutions is an order of magnitude faster in it
   (:func:`~nnunet_ext.networks.common.to_channels_last`).
-- The order of perturbations is the one of the reference commit a9c8bd3 (``ssl.md`` 1.1); an older revision of the
+- The order of perturbations is the one of the official commit a9c8bd3; an older revision of the
   official file feeds feature noise to aux 1 and feature dropout to aux 3.
 """
 
@@ -51,7 +50,7 @@ from dynamic_network_architectures.building_blocks.helper import get_matching_ba
 from torch import nn
 from torch.nn.modules.conv import _ConvNd
 
-from nnunet_ext.networks.cmunext import ConvBlock, ConvGELUNorm, Residual
+from nnunet_ext.networks.blocks import ConvBlock, ConvGELUNorm, Residual
 from nnunet_ext.networks.common import (
     SegmentationDecoder,
     SegmentationNetwork,
@@ -250,6 +249,9 @@ class MGCCNetwork(SegmentationNetwork):
             decoder.deep_supervision = False
 
     def forward(self, x: torch.Tensor):
+        """Training mode: the tuple ``(main, aux1, aux2, aux3)`` that :class:`~nnunet_ext.ssl.mgcc_loss.MGCCObjective`
+        takes; evaluation mode: ``main`` alone (:meth:`forward_main`), what nnU-Net's validation and predictor expect
+        of any network. ``main`` is (B, num_classes, *S), or a list of such maps with deep supervision on."""
         if not self.training:
             return self.forward_main(x)
         skips = self.encoder(to_channels_last(x))

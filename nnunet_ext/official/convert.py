@@ -19,7 +19,6 @@ tensor neither mapped nor declared unused is an error.
 from __future__ import annotations
 
 import os
-import pickle
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,13 +26,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from nnunet_ext.checkpoints import UntrustedCheckpointError, extract_state_dict, load_weights
 from nnunet_ext.data.atomic import atomic_file
 from nnunet_ext.official import KeyMap, OfficialArchitecture
 
-CHECKPOINT_KEYS = ("state_dict", "model", "model_state_dict", "network_weights", "net", "network", "weights")
-"""Keys under which training scripts store the state dict in a checkpoint dict, tried in this order."""
-WRAPPER_PREFIXES = ("module.", "_orig_mod.")
-"""Name prefixes that DataParallel/DistributedDataParallel and torch.compile add; removed before mapping."""
 SEGMENTATION_HEADS = "decoder.seg_heads."
 CONVERSION_KEY = "official_conversion"
 """Key of the provenance record in the written checkpoint (nnU-Net reads only ``network_weights``)."""
@@ -85,50 +81,8 @@ class Conversion:
         return "\n".join(lines)
 
 
-def _is_state_dict(candidate: object) -> bool:
-    return (
-        isinstance(candidate, Mapping)
-        and len(candidate) > 0
-        and all(isinstance(key, str) and isinstance(value, torch.Tensor) for key, value in candidate.items())
-    )
-
-
-def _strip_wrapper_prefixes(name: str) -> str:
-    while name.startswith(WRAPPER_PREFIXES):
-        name = name.split(".", 1)[1]
-    return name
-
-
-def extract_state_dict(loaded: object, source: str = "checkpoint") -> dict[str, torch.Tensor]:
-    """The official state dict in ``loaded``: a plain state dict, a module, or a checkpoint dict holding one.
-
-    Checkpoint dicts are searched under :data:`CHECKPOINT_KEYS`; :data:`WRAPPER_PREFIXES` are removed from names.
-
-    Raises:
-        ValueError: no state dict found, or two names coincide once the prefixes are removed.
-    """
-    if isinstance(loaded, nn.Module):
-        loaded = loaded.state_dict()
-    if not _is_state_dict(loaded):
-        inner = [key for key in CHECKPOINT_KEYS if isinstance(loaded, Mapping) and _is_state_dict(loaded.get(key))]
-        if not inner:
-            found = sorted(map(str, loaded))[:_LISTED] if isinstance(loaded, Mapping) else type(loaded).__name__
-            raise ValueError(
-                f"{source}: no state dict found: expected a dict of tensors or a checkpoint dict holding one under "
-                f"one of {', '.join(CHECKPOINT_KEYS)}; found: {found}"
-            )
-        loaded = loaded[inner[0]]
-    state_dict: dict[str, torch.Tensor] = {}
-    for name, tensor in loaded.items():
-        stripped = _strip_wrapper_prefixes(name)
-        if stripped in state_dict:
-            raise ValueError(f"{source}: two tensors are named {stripped!r} once the prefixes {WRAPPER_PREFIXES} go")
-        state_dict[stripped] = tensor
-    return state_dict
-
-
 def load_official_state_dict(path: str | os.PathLike, unsafe_load: bool = False) -> dict[str, torch.Tensor]:
-    """Read ``path`` (``torch.save`` output) and :func:`extract_state_dict` from it.
+    """Read ``path`` (``torch.save`` output) and :func:`~nnunet_ext.checkpoints.extract_state_dict` from it.
 
     Only tensors and plain containers are unpickled unless ``unsafe_load`` (arbitrary Python objects: trusted files
     only).
@@ -137,16 +91,10 @@ def load_official_state_dict(path: str | os.PathLike, unsafe_load: bool = False)
         FileNotFoundError: ``path`` does not exist.
         ValueError: the file holds no state dict, or holds Python objects and ``unsafe_load`` is off.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"official weights file {path} does not exist")
     try:
-        loaded = torch.load(path, map_location="cpu", weights_only=not unsafe_load)
-    except pickle.UnpicklingError as error:
-        raise ValueError(
-            f"{path} holds Python objects besides tensors, which are not loaded by default; if you trust the file, "
-            f"load it with --unsafe-load ({str(error).splitlines()[0]})"
-        ) from error
+        loaded = load_weights(path, trusted=unsafe_load)
+    except UntrustedCheckpointError as error:
+        raise ValueError(f"{error}; if you trust the file, load it with --unsafe-load") from error
     return extract_state_dict(loaded, str(path))
 
 

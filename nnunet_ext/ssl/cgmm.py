@@ -1,6 +1,6 @@
 """3D-CGMM of GuidedNet (Zhao et al., ACM MM 2024, arXiv 2408.04914), as published in the official code.
 
-The official ``utils/tools.py`` (kimjisoo12/GuidedNet@3def342, ``reference/ssl.md`` §3.3) models each class of a
+The official ``utils/tools.py`` (kimjisoo12/GuidedNet@3def342) models each class of a
 labeled patch by its prototype, the mean decoder feature over the class's voxels, and scores every voxel with an
 isotropic unit-width kernel of the mean absolute feature distance to it. The paper's formulas were not available;
 everything below follows the code. Notation (shapes): ``B`` patches, ``C`` feature channels, ``K`` classes, ``*S`` the
@@ -151,7 +151,7 @@ def unlabeled_gmm_loss(
     """Official ``gmm_loss`` on an unlabeled half: the prediction (U, K, *S) is pulled towards the response to the
     prototypes of its paired labeled patch (U, K, *S), classes weighted by presence (U, K) in that patch.
 
-    Deviation: float32; the official code computes this term in float16 (``reference/ssl.md`` §3.3).
+    Deviation: float32; the official code computes this term in float16.
     """
     return _masked_bce(probabilities.float(), unlabeled_response.float(), presence)
 

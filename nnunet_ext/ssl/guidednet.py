@@ -1,4 +1,4 @@
-"""GuidedNet's loss composition (official ``train_guidedNet_flare.py``, ``reference/ssl.md`` §3.5)::
+"""GuidedNet's loss composition (official ``train_guidedNet_flare.py``)::
 
     loss = sum_{n=1,2} [ sup_n + lambda (gmm_n + gmm_u_n + w(t) cons) ] + w(t) ktcps
     lambda = 0.3 ("lanmuda"), w(t) = 0.1 * sigmoid_rampup(iteration // 150, 200) ("consistency")

@@ -1,6 +1,6 @@
 """KT-CPS of GuidedNet (Zhao et al., ACM MM 2024, arXiv 2408.04914): class-weighted cross pseudo supervision.
 
-As in the official ``KTCPS`` (``utils/tools.py``, kimjisoo12/GuidedNet@3def342, ``reference/ssl.md`` §3.4):
+As in the official ``KTCPS`` (``utils/tools.py``, kimjisoo12/GuidedNet@3def342):
 
 - counts ``n_k`` = labeled voxels with ``argmax(prediction) == label == k``; every wrongly predicted voxel counts
   as class 0 (:func:`correct_voxel_counts`);
@@ -11,7 +11,7 @@ As in the official ``KTCPS`` (``utils/tools.py``, kimjisoo12/GuidedNet@3def342, 
 - loss ``CE_{W_B}(logits1, argmax logits2) + CE_{W_A}(logits2, argmax logits1)`` on the whole batch, torch's weighted
   mean ``sum w ce / sum w`` (:func:`cross_pseudo_supervision`).
 
-State: by default one EMA state per network (the issue's design): ``W_A`` follows network 1's counts, ``W_B``
+State: by default one EMA state per network: ``W_A`` follows network 1's counts, ``W_B``
 network 2's. The official code keeps a single state that it updates twice per iteration, first from network 1
 (giving ``W_A``) then from network 2 (giving ``W_B``); ``shared=True`` reproduces that exactly. In both modes
 network 1 learns from network 2's pseudo-labels weighted by ``W_B`` and network 2 from network 1's by ``W_A``.

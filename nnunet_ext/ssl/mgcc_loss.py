@@ -1,4 +1,4 @@
-"""MGCC losses (official ``train.py`` and ``src/utils/losses.py``, reference ``ssl.md`` section 1.3).
+"""MGCC losses (official ``train.py`` and ``src/utils/losses.py``).
 
 Published (binary, one sigmoid channel, batch = labeled half + unlabeled half)::
 
@@ -43,7 +43,7 @@ Output = torch.Tensor | list[torch.Tensor]
 
 
 def consistency_weight(iteration: int) -> float:
-    """``7 * sigmoid_rampup(iteration // 150, 200)`` for the 0-based training iteration (``ssl.md`` 1.3)."""
+    """``7 * sigmoid_rampup(iteration // 150, 200)`` for the 0-based training iteration."""
     return ramped_weight(CONSISTENCY_WEIGHT, iteration, CONSISTENCY_RAMPUP)
 
 

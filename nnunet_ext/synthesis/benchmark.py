@@ -27,12 +27,12 @@ from monai.inferers import LatentDiffusionInferer
 from monai.losses import SSIMLoss
 from tqdm import tqdm
 
-from nnunet_ext.benchmark.measure import median_milliseconds, memory_in_use, peak_memory_mb
 from nnunet_ext.synthesis.models import build_autoencoder, build_diffusion_unet, build_training_scheduler
 from nnunet_ext.synthesis.perceptual import LPIPSVGG, vgg16_features
 from nnunet_ext.synthesis.presets import PRESETS, LDMPreset
 from nnunet_ext.synthesis.sampling import Sampler
 from nnunet_ext.synthesis.training import autoencoder_loss, diffusion_loss
+from nnunet_ext.timing import median_milliseconds, memory_in_use, peak_memory_mb
 
 PHASES = ("autoencoder", "diffusion", "sampling")
 

@@ -1,4 +1,4 @@
-"""MONAI's generative networks and schedulers, configured from a preset (reference/ssl.md §2.6).
+"""MONAI's generative networks and schedulers, configured from a preset (:mod:`nnunet_ext.synthesis.presets`).
 
 Deviations from Medfusion's own networks, all inherent to MONAI's blocks:
 

@@ -20,6 +20,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from nnunet_ext.checkpoints import extract_state_dict, load_weights
+
 logger = logging.getLogger(__name__)
 
 WEIGHTS_VARIABLE = "nnUNet_ext_vgg16_weights"
@@ -103,8 +105,7 @@ def load_perceptual_loss(weights: str | os.PathLike | None) -> LPIPSVGG | None:
     path = Path(weights)
     if not path.is_file():
         raise FileNotFoundError(f"VGG16 weights file {path} does not exist")
-    state_dict = torch.load(path, map_location="cpu", weights_only=True)
-    state_dict = state_dict.get("state_dict", state_dict)
+    state_dict = extract_state_dict(load_weights(path), str(path))
     try:
         return LPIPSVGG(state_dict)
     except RuntimeError as error:

@@ -1,6 +1,6 @@
 """Settings of the latent diffusion model: the ``paper`` preset (Medfusion, as MGCC used it) and a ``tiny`` one.
 
-``paper`` follows Medfusion's scripts (reference/ssl.md §2, Müller-Franzes et al., arXiv 2212.07501):
+``paper`` follows Medfusion's scripts (Müller-Franzes et al., arXiv 2212.07501):
 
 - KL-autoencoder: channels 64/128/256/512 (3 downsamplings, f = 8), 8 latent channels, one residual block per level,
   GroupNorm with 8 groups, no attention; loss MSE + LPIPS-VGG + (1 - SSIM) + 1e-6 KL; Adam 1e-4, batch 8;

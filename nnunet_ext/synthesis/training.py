@@ -21,6 +21,7 @@ from monai.networks.nets import AutoencoderKL
 from torch import nn
 from tqdm import tqdm
 
+from nnunet_ext.checkpoints import load_weights
 from nnunet_ext.data.atomic import atomic_file
 from nnunet_ext.synthesis.perceptual import LPIPSVGG
 from nnunet_ext.synthesis.presets import AutoencoderSettings, DiffusionSettings
@@ -46,7 +47,7 @@ def save_checkpoint(path: Path, payload: dict) -> None:
 
 
 def load_checkpoint(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=True)
+    return load_weights(path)
 
 
 def completed_steps(path: Path) -> int:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import torch
 from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
@@ -11,6 +9,7 @@ from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 from nnunet_ext.networks.gcgle import GCGLEConfig, GCGLENet, load_pretrained_encoder
 from nnunet_ext.trainers.base import nnUNetTrainerExtBase
 from nnunet_ext.trainers.plans import require_2d
+from nnunet_ext.trainers.pretrained import initialise_from_environment
 
 #: environment variable naming a local BiFormer ImageNet checkpoint to initialise the encoder from
 PRETRAINED_VARIABLE = "nnUNet_ext_GCGLE_pretrained"
@@ -52,11 +51,11 @@ class nnUNetTrainerGCGLE(nnUNetTrainerExtBase):
     Training recipe: nnU-Net's schedule, loss and augmentation; optimiser of the published Synapse/ACDC recipe,
     SGD with momentum 0.9 (not nnU-Net's 0.99 Nesterov) and weight decay 1e-4, initial lr 1e-2 (the published ACDC
     value, also nnU-Net's), poly decay with exponent 0.9 (both). Chosen from the published recipe, not measured
-    against nnU-Net's optimiser here (no GPU run on a real dataset was made).
+    against nnU-Net's optimiser.
 
     Optional ImageNet initialisation: set ``nnUNet_ext_GCGLE_pretrained`` to a local BiFormer checkpoint; tensors
     whose name and shape match the encoder are loaded (non-strict, as the published training), the rest keeps
-    its initialisation; the counts are logged.
+    its initialisation; the counts are logged (:func:`~nnunet_ext.trainers.pretrained.initialise_from_environment`).
     """
 
     build_network_architecture = staticmethod(build_gcgle)
@@ -75,14 +74,9 @@ class nnUNetTrainerGCGLE(nnUNetTrainerExtBase):
 
     def initialize(self) -> None:
         super().initialize()
-        checkpoint_file = os.environ.get(PRETRAINED_VARIABLE)
-        if checkpoint_file:
-            checkpoint = torch.load(checkpoint_file, map_location="cpu", weights_only=True)
-            loaded, skipped = load_pretrained_encoder(self.unwrapped_network, checkpoint)
-            self.print_to_log_file(
-                f"Encoder initialised from {checkpoint_file}: {len(loaded)} tensors loaded, {len(skipped)} skipped "
-                "(name or shape not in the encoder)"
-            )
+        initialise_from_environment(
+            PRETRAINED_VARIABLE, self.unwrapped_network, load_pretrained_encoder, self.print_to_log_file
+        )
 
     def configure_optimizers(self) -> tuple[torch.optim.Optimizer, PolyLRScheduler]:
         optimizer = torch.optim.SGD(

@@ -3,21 +3,21 @@
 Optional initialisation from a local GC-ViT ImageNet checkpoint: set ``nnUNet_ext_gcvit_checkpoint`` to the file
 (e.g. ``gcvit_1k_xxtiny.pth.tar``); tensors are matched by name and shape and the encoder weights are mirrored into
 the decoder, as the official ``load_from`` does (:func:`nnunet_ext.networks.gctx_unet.load_gcvit_encoder_weights`).
+The file is read as tensors only (:func:`nnunet_ext.checkpoints.load_weights`).
 """
 
 from __future__ import annotations
 
-import os
 from functools import partial
-from pathlib import Path
 
 import torch
 from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 
-from nnunet_ext.networks.gctx_unet import GCtxUNet, checkpoint_state_dict, load_gcvit_encoder_weights
+from nnunet_ext.networks.gctx_unet import GCtxUNet, load_gcvit_encoder_weights
 from nnunet_ext.trainers.base import nnUNetTrainerExtBase
 from nnunet_ext.trainers.plans import require_2d
+from nnunet_ext.trainers.pretrained import initialise_from_environment
 
 #: environment variable naming a local GC-ViT ImageNet checkpoint to initialise GCtx-UNet from
 PRETRAINED_VARIABLE = "nnUNet_ext_gcvit_checkpoint"
@@ -48,28 +48,13 @@ def build_gctx_unet(
     )
 
 
-def load_pretrained_from_environment(network: GCtxUNet, log=print) -> None:
-    """Initialise ``network`` from the checkpoint named by ``nnUNet_ext_gcvit_checkpoint``, if set."""
-    path = os.environ.get(PRETRAINED_VARIABLE, "").strip()
-    if not path:
-        return
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"{PRETRAINED_VARIABLE}={path!r}: no such checkpoint file")
-    state = checkpoint_state_dict(torch.load(path, map_location="cpu", weights_only=False))
-    loaded, skipped = load_gcvit_encoder_weights(network, state)
-    if not loaded:
-        raise ValueError(f"{PRETRAINED_VARIABLE}={path!r}: no tensor matches GCtx-UNet by name and shape")
-    log(f"GC-ViT initialisation from {path}: {len(loaded)} tensors loaded, {len(skipped)} checkpoint tensors skipped")
-
-
 class nnUNetTrainerGCTxUNet(nnUNetTrainerExtBase):
     """GCtx-UNet (GC-ViT blocks, mlp_ratio 4: 14,081,304 parameters at 224^2, 3 channels, 3 classes).
 
     Training recipe: the published optimiser, AdamW (lr 1e-4, weight decay 1e-4), with nnU-Net's poly schedule,
     epochs, sampling, augmentation and Dice + CE loss (deep supervision at 1, 1/4, 1/8, 1/16). nnU-Net's SGD
     (momentum 0.99, lr 1e-2) was not used because the network is a LayerNorm transformer published with AdamW;
-    the choice is not backed by a comparative measurement here (no GPU was available for a full-length run; the
-    CPU smoke runs only show that training proceeds).
+    the choice is not backed by a comparative measurement.
     """
 
     build_network_architecture = staticmethod(partial(build_gctx_unet, 4.0))
@@ -89,7 +74,9 @@ class nnUNetTrainerGCTxUNet(nnUNetTrainerExtBase):
 
     def initialize(self) -> None:
         super().initialize()
-        load_pretrained_from_environment(self.unwrapped_network, self.print_to_log_file)
+        initialise_from_environment(
+            PRETRAINED_VARIABLE, self.unwrapped_network, load_gcvit_encoder_weights, self.print_to_log_file
+        )
 
     def configure_optimizers(self):
         optimizer = torch.optim.AdamW(self.network.parameters(), lr=self.initial_lr, weight_decay=self.weight_decay)

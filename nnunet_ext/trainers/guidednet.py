@@ -1,15 +1,15 @@
 """GuidedNet trainers: ``nnUNetTrainerGuidedNet`` (the plans' U-Net) and ``nnUNetTrainerGuidedNet_<architecture>``.
 
-GuidedNet (Zhao et al., ACM MM 2024, arXiv 2408.04914; official code kimjisoo12/GuidedNet@3def342, summarised in
-``reference/ssl.md`` §3): two networks of the same architecture with different initialisations, trained jointly on
-batches of labeled + unlabeled samples (nnU-Net's batch, half/half, :class:`nnUNetTrainerSemiSupervisedBase`), with
-the loss of the official ``train_guidedNet_flare.py`` (:func:`nnunet_ext.ssl.guidednet.guidednet_loss`)::
+GuidedNet (Zhao et al., ACM MM 2024, arXiv 2408.04914; official code kimjisoo12/GuidedNet@3def342): two networks of
+the same architecture with different initialisations, trained jointly on batches of labeled + unlabeled samples
+(nnU-Net's batch, half/half, :class:`nnUNetTrainerSemiSupervisedBase`), with the loss of the official
+``train_guidedNet_flare.py`` (:func:`nnunet_ext.ssl.guidednet.guidednet_loss`)::
 
     loss = sum_{n=1,2} [ sup_n + lambda (gmm_n + gmm_u_n + w(t) cons) ] + w(t) ktcps
     lambda = 0.3 ("lanmuda"), w(t) = 0.1 * sigmoid_rampup(iteration // 150, 200) ("consistency")
 
 - ``sup_n``: nnU-Net's Dice + CE with deep supervision on network n's labeled half (the official code uses SSL4MIS's
-  ``0.5 (CE + Dice)`` at one resolution; the issue asks for nnU-Net's);
+  ``0.5 (CE + Dice)`` at one resolution; nnU-Net's loss keeps runs comparable with nnU-Net's trainers);
 - ``gmm_n``, ``gmm_u_n``, ``cons``: 3D-CGMM (:mod:`nnunet_ext.ssl.cgmm`) on the full-resolution logits and the last
   decoder feature; ``cons`` is added once per network, i.e. twice, as in the official code;
 - ``ktcps``: KT-CPS (:mod:`nnunet_ext.ssl.ktcps`) on the full-resolution logits of the whole batch, with one
@@ -24,7 +24,7 @@ Networks: network 1 is ``self.network`` with its builder's initialisation (nnU-N
 U-Net, as the official net1's ``kaiming_normal_``); network 2 (``self.network2``) is built the same way and its
 convolution weights re-drawn with ``xavier_normal_`` (biases zero), as the official net2. Each has nnU-Net's optimizer
 and poly schedule, from :meth:`nnUNetTrainerGuidedNet.optimizer_for` (SGD 1e-2, momentum 0.99, Nesterov; the official
-recipe is SGD 0.1/0.9/1e-4 poly over 20 000 iterations: design §5 keeps nnU-Net's recipe so runs compare across
+recipe is SGD 0.1/0.9/1e-4 poly over 20 000 iterations; nnU-Net's recipe is kept so runs compare across
 trainers).
 
 Inference: ``nnUNetv2_predict -tr nnUNetTrainerGuidedNet`` uses **network 1** (``self.network``; the official
@@ -56,21 +56,18 @@ from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 from torch import nn
 from torch.nn.modules.conv import _ConvNd
 
-from nnunet_ext.benchmark.measure import nnunet_sgd
+from nnunet_ext.checkpoints import load_training_checkpoint
 from nnunet_ext.networks.features import PARTNER_PREFIX, FeatureNetwork
-from nnunet_ext.ssl.guidednet import guidednet_loss
+from nnunet_ext.ssl.guidednet import CONSISTENCY_RAMPUP, guidednet_loss
 from nnunet_ext.ssl.ktcps import KTCPSClassWeights
+from nnunet_ext.ssl.ramps import ITERATIONS_PER_RAMP_STEP
 from nnunet_ext.trainers.base import unwrap_module
 from nnunet_ext.trainers.cmunext import nnUNetTrainerCMUNeXt
 from nnunet_ext.trainers.gcgle import nnUNetTrainerGCGLE
 from nnunet_ext.trainers.gct_unet import nnUNetTrainerGCTUNet
 from nnunet_ext.trainers.gctx_unet import nnUNetTrainerGCTxUNet
-from nnunet_ext.trainers.semi_supervised import (
-    CHECKPOINT_KEY,
-    GRADIENT_CLIP_NORM,
-    SemiSupervisedBatch,
-    nnUNetTrainerSemiSupervisedBase,
-)
+from nnunet_ext.trainers.semi_supervised import CHECKPOINT_KEY, SemiSupervisedBatch, nnUNetTrainerSemiSupervisedBase
+from nnunet_ext.trainers.steps import nnunet_sgd
 
 #: file name of the two-network (averaged) export, for ``nnUNetv2_predict -chk``
 AVERAGE_CHECKPOINT = "checkpoint_final_average.pth"
@@ -148,6 +145,7 @@ class nnUNetTrainerGuidedNet(nnUNetTrainerSemiSupervisedBase):
     build_network_architecture = guidednet_architecture(nnUNetTrainer)
     #: the official single KT-CPS class-weight state updated twice per iteration (default: one per network)
     ktcps_shared_state: bool = False
+    rampup_iterations = CONSISTENCY_RAMPUP * ITERATIONS_PER_RAMP_STEP
 
     def initialize(self):
         super().initialize()
@@ -173,9 +171,7 @@ class nnUNetTrainerGuidedNet(nnUNetTrainerSemiSupervisedBase):
     def optimizer_for(self, network: nn.Module) -> tuple[torch.optim.Optimizer, PolyLRScheduler]:
         """Optimizer and schedule of either network: nnU-Net's (SGD, momentum 0.99, Nesterov, poly). A combination
         whose architecture needs another recipe overrides this one method."""
-        optimizer = torch.optim.SGD(
-            network.parameters(), self.initial_lr, weight_decay=self.weight_decay, momentum=0.99, nesterov=True
-        )
+        optimizer = nnunet_sgd(network, self.initial_lr, self.weight_decay)
         return optimizer, PolyLRScheduler(optimizer, self.initial_lr, self.num_epochs)
 
     def configure_optimizers(self):
@@ -184,7 +180,11 @@ class nnUNetTrainerGuidedNet(nnUNetTrainerSemiSupervisedBase):
     def on_train_start(self):
         super().on_train_start()
         if self.global_iteration == 0:  # a resumed run keeps its restored class weights
-            self.ktcps_weights.initialise(self.labeled_class_histogram())
+            self.initialise_scheme_state(self.labeled_class_histogram())
+
+    def initialise_scheme_state(self, class_histogram: torch.Tensor) -> None:
+        """The KT-CPS class weights of the labeled voxel counts (the official initial state)."""
+        self.ktcps_weights.initialise(class_histogram)
 
     def labeled_class_histogram(self) -> torch.Tensor:
         """(K,) voxel counts per class over the fold's labeled training cases (the official initial KT-CPS counts;
@@ -209,40 +209,6 @@ class nnUNetTrainerGuidedNet(nnUNetTrainerSemiSupervisedBase):
             self.all_reduce,
         )
 
-    @staticmethod
-    def benchmark_train_step(
-        network: nn.Module,
-        build_network: Callable[[], nn.Module],
-        data: torch.Tensor,
-        target: list[torch.Tensor],
-        loss: nn.Module,
-        num_labeled: int,
-        num_classes: int,
-    ) -> tuple[Callable[[], None], list[nn.Module]]:
-        """One GuidedNet train step for ``nnUNetv2_ext_benchmark``: the second network (``build_network()``, Xavier
-        init), nnU-Net's SGD for both, the scheme loss (:func:`scheme_loss`, ramp at full weight), one backward,
-        clipping at 12 and both optimizer steps, on ``data`` (B, C, *S) whose first ``num_labeled`` samples are
-        labeled by ``target`` (deep-supervision list, B samples each; ``num_classes`` classes). Returns the step and
-        the extra networks."""
-        network2 = build_network()
-        xavier_initialise(network2)
-        networks = (network, network2)
-        optimizers = [nnunet_sgd(n) for n in networks]
-        labeled_target = [t[:num_labeled] for t in target]
-        class_weights = KTCPSClassWeights(num_classes, device=data.device)
-        class_weights.initialise(torch.bincount(labeled_target[0].flatten().long(), minlength=num_classes).float())
-
-        def step() -> None:
-            for optimizer in optimizers:
-                optimizer.zero_grad(set_to_none=True)
-            total, _ = scheme_loss(networks, data, labeled_target, loss, class_weights, 30_000)
-            total.backward()
-            for model, optimizer in zip(networks, optimizers):
-                torch.nn.utils.clip_grad_norm_(model.parameters(), GRADIENT_CLIP_NORM)
-                optimizer.step()
-
-        return step, [network2]
-
     def on_train_end(self):
         super().on_train_end()
         if self.local_rank == 0 and not self.disable_checkpointing:
@@ -253,7 +219,7 @@ class nnUNetTrainerGuidedNet(nnUNetTrainerSemiSupervisedBase):
         and the training-only state left out, so ``nnUNetv2_predict -chk checkpoint_final_average.pth`` averages
         both networks' probabilities."""
         final = f"{self.output_folder}/checkpoint_final.pth"
-        checkpoint = torch.load(final, map_location="cpu", weights_only=False)
+        checkpoint = load_training_checkpoint(final)
         partner = {PARTNER_PREFIX + k: v for k, v in unwrap_module(self.network2).state_dict().items()}
         checkpoint["network_weights"] = {**checkpoint["network_weights"], **partner}
         for training_only in ("optimizer_state", "grad_scaler_state", CHECKPOINT_KEY):

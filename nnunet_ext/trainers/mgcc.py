@@ -12,7 +12,7 @@ sits on its bottleneck, and three further instances of its decoder are the auxil
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from functools import partial
 
 import torch
@@ -20,10 +20,10 @@ from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 from torch import nn
 
-from nnunet_ext.benchmark.measure import supervised_train_step
 from nnunet_ext.networks.common import SegmentationNetwork
 from nnunet_ext.networks.mgcc import MGCC_DIMS, MGCCNetwork, mgcc_from_backbones, mgcc_unet
-from nnunet_ext.ssl.mgcc_loss import CONSISTENCY_WEIGHT, MGCCObjective, consistency_weight
+from nnunet_ext.ssl.mgcc_loss import CONSISTENCY_RAMPUP, MGCCObjective, consistency_weight
+from nnunet_ext.ssl.ramps import ITERATIONS_PER_RAMP_STEP
 from nnunet_ext.trainers.cmunext import nnUNetTrainerCMUNeXt
 from nnunet_ext.trainers.gcgle import nnUNetTrainerGCGLE
 from nnunet_ext.trainers.gct_unet import nnUNetTrainerGCTUNet
@@ -101,6 +101,7 @@ class nnUNetTrainerMGCC(nnUNetTrainerSemiSupervisedBase):
 
     scheme_architecture = staticmethod(mgcc_architecture)
     build_network_architecture = mgcc_architecture(build_mgcc_unet)
+    rampup_iterations = CONSISTENCY_RAMPUP * ITERATIONS_PER_RAMP_STEP
 
     def __init__(
         self,
@@ -122,30 +123,6 @@ class nnUNetTrainerMGCC(nnUNetTrainerSemiSupervisedBase):
         weights = nnunet_loss.weight_factors if isinstance(nnunet_loss, DeepSupervisionWrapper) else None
         self.objective = MGCCObjective(self.label_manager.has_regions, weights)
         return self.objective.main_loss
-
-    @staticmethod
-    def benchmark_train_step(
-        network: nn.Module,
-        build_network: Callable[[], nn.Module],
-        data: torch.Tensor,
-        target: list[torch.Tensor],
-        loss: nn.Module,
-        num_labeled: int,
-        num_classes: int,
-    ) -> tuple[Callable[[], None], list[nn.Module]]:
-        """One MGCC train step for ``nnUNetv2_ext_benchmark``: one forward of ``data`` (B, C, *S; the first
-        ``num_labeled`` samples labeled by ``target``, nnU-Net's deep-supervision list) through the main and the
-        auxiliary decoders, the MGCC objective at full consistency weight, backward, clipping, nnU-Net's SGD step.
-        MGCC trains one network, so no extra network is returned."""
-        if num_labeled >= data.shape[0]:
-            raise ValueError(f"an MGCC step needs unlabeled samples: batch {data.shape[0]}, {num_labeled} labeled")
-        objective = MGCCObjective(False, loss.weight_factors)
-
-        def scheme_loss(outputs: Sequence, labeled_target: list[torch.Tensor]) -> torch.Tensor:
-            return objective(outputs, labeled_target, num_labeled, CONSISTENCY_WEIGHT)[0]
-
-        labeled_target = [t[:num_labeled] for t in target]
-        return supervised_train_step(network, data, labeled_target, scheme_loss), []
 
     def compute_scheme_loss(self, batch: SemiSupervisedBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
         outputs = self.network(batch.data)

@@ -1,82 +1,12 @@
 """Base class of the semi-supervised trainers: a labeled and an unlabeled stream, a scheme loss, extra state.
 
-:class:`nnUNetTrainerSemiSupervisedBase` is nnU-Net's trainer with a second data stream; a scheme (MGCC, GuidedNet,
-...) subclasses it and implements :meth:`~nnUNetTrainerSemiSupervisedBase.compute_scheme_loss`. It is not registered
-as a trainer (it has no loss of its own). Validation, export, checkpoint selection and the 5-fold machinery are
-nnU-Net's, unchanged: the validation cases of a fold are nnU-Net's (labeled) validation cases of that fold.
-
-Contracts
----------
-Data (paths in :mod:`nnunet_ext.ssl.layout`):
-
-- Labeled stream: nnU-Net's loader and augmentation over the fold's labeled training cases: those of
-  ``$nnUNet_preprocessed/DatasetXXX/splits_ssl.json`` (``nnUNetv2_ext_ssl_split``) for the fold, or, without that
-  file, every training case of the fold.
-- Unlabeled stream (:mod:`nnunet_ext.ssl.unlabeled_data`): the union of the sources in :attr:`unlabeled_sources`:
-  ``split`` (the fold's label-less training cases, read from nnU-Net's labeled folder, image only), ``real`` and
-  ``synthetic`` (``imagesUl/``, ``imagesSynth/`` preprocessed by ``nnUNetv2_ext_preprocess_unlabeled`` into
-  ``$nnUNet_preprocessed/DatasetXXX/{data_identifier}_unlabeled/{real,synthetic}/``). Cases are drawn uniformly, with
-  nnU-Net's random patch sampling (no foreground oversampling) and :meth:`get_unlabeled_transforms` (nnU-Net's
-  training augmentation without the segmentation-dependent steps; one view; override it for weak/strong views).
-  Labels and ``.pkl`` files of pool cases are never opened. An empty pool, a pool of other plans or another channel
-  count, or a ``splits_ssl.json`` of another ``splits_final.json`` stops training with a message saying what to run.
-- Batch: per step ``labeled_batch_size`` labeled + ``unlabeled_batch_size`` unlabeled samples, from
-  :meth:`batch_composition` of nnU-Net's batch size (default half/half, as the published schemes' 4 + 4; at least one
-  of each). Validation batches have the labeled size.
-
-Scheme hook: ``compute_scheme_loss(batch: SemiSupervisedBatch) -> (loss, {term: value})``. The base zeroes the
-gradients of every registered optimizer, runs the hook (under autocast on CUDA), back-propagates ``loss`` (with the
-grad scaler), clips each optimizer's gradients to norm 12 (nnU-Net) and steps every optimizer. Forward each network
-once per step on ``batch.data`` (labeled then unlabeled samples) and cut the output with ``batch.split``: one forward
-is what the published schemes do and what DistributedDataParallel requires. ``self.loss`` is nnU-Net's Dice + CE
-(with deep supervision) for the labeled part; ``self.global_iteration`` is the 0-based index of the current training
-iteration over the whole run (``epoch * num_iterations_per_epoch + step``, restored on ``--c``), for ramp-ups such as
-:func:`nnunet_ext.ssl.ramps.ramped_weight`.
-
-Logging: every term returned by the hook is averaged over the epoch (over all ranks under DDP), written to nnU-Net's
-log file and logger as ``train_loss_{term}`` (also to W&B when enabled) and plotted to ``progress_ssl.png`` beside
-``progress.png``. Return the same terms every step (ramp weights included, as plain floats); a term missing in an
-epoch is logged as NaN.
-
-Extra state (built in an ``initialize`` override after ``super().initialize()``):
-
-- ``register_network(name, network, optimizer=None, lr_scheduler=None)``: sets ``self.<name>``, moved to the device,
-  compiled like ``self.network`` and wrapped in DistributedDataParallel (SyncBatchNorm) under DDP; its optimizer is
-  zeroed, clipped and stepped with the main one, its nnU-Net-style scheduler stepped with ``step(epoch)`` at each
-  epoch start; train/eval mode follows the main network. Deep supervision is toggled on ``self.network`` only.
-- ``register_state(*names)``: attributes of ``self`` saved and restored with the checkpoint: objects with
-  ``state_dict``/``load_state_dict``, tensors (restored in place onto the device) and plain picklable values.
-  Under DDP, keep them identical on every rank, e.g. update them from :meth:`all_reduce` results.
-
-Everything registered, and ``global_iteration``, is stored under ``semi_supervised_state`` in nnU-Net's checkpoints
-and restored by ``nnUNetv2_train ... --c``. Inference uses ``self.network`` only.
-
-DDP (``nnUNetv2_train ... -num_gpus N``): nnU-Net splits the plans' batch size over the ranks; each rank composes its
-share into labeled + unlabeled samples with :meth:`batch_composition` and draws them from its own random loaders, so a
-global batch has N times the per-rank composition.
-
-Example (cross pseudo supervision between two networks, with a class-weight state)::
-
-    class nnUNetTrainerTwoNetworkExample(nnUNetTrainerSemiSupervisedBase):
-        def initialize(self):
-            super().initialize()
-            network = self.build_network_architecture(
-                self.plans_manager, self.configuration_manager, self.num_input_channels,
-                self.label_manager.num_segmentation_heads, self.enable_deep_supervision)
-            optimizer = torch.optim.SGD(network.parameters(), self.initial_lr, momentum=0.99, nesterov=True)
-            self.register_network("network2", network, optimizer)
-            self.class_weights = torch.ones(self.label_manager.num_segmentation_heads, device=self.device)
-            self.register_state("class_weights")
-
-        def compute_scheme_loss(self, batch):
-            output1, output2 = self.network(batch.data), self.network2(batch.data)
-            supervised = self.loss(batch.split(output1)[0], batch.target) + self.loss(
-                batch.split(output2)[0], batch.target)
-            logits1, logits2 = output1[0], output2[0]  # full resolution (deep supervision on)
-            cps = F.cross_entropy(logits1, logits2.argmax(1).detach(), self.class_weights) + F.cross_entropy(
-                logits2, logits1.argmax(1).detach(), self.class_weights)
-            weight = ramped_weight(0.1, self.global_iteration, rampup_length=200)
-            return supervised + weight * cps, {"supervised": supervised, "cps": cps, "cps_weight": weight}
+The contract for a scheme (MGCC, GuidedNet, ...): subclass :class:`nnUNetTrainerSemiSupervisedBase` and implement
+:meth:`~nnUNetTrainerSemiSupervisedBase.compute_scheme_loss`, which gets one :class:`SemiSupervisedBatch` per step
+(labeled samples first, then unlabeled ones) and returns the loss and its terms to log. Extra networks and state are
+registered in an ``initialize`` override (:meth:`~nnUNetTrainerSemiSupervisedBase.register_network`,
+:meth:`~nnUNetTrainerSemiSupervisedBase.register_state`); the base steps, checkpoints, restores (``--c``), logs and
+distributes (``-num_gpus``) them. Validation, export, checkpoint selection and the 5-fold machinery are nnU-Net's,
+unchanged; inference uses ``self.network`` only. The base itself is not registered as a trainer.
 """
 
 from __future__ import annotations
@@ -115,13 +45,12 @@ from nnunet_ext.ssl.unlabeled_data import (
 from nnunet_ext.trainers.base import nnUNetTrainerExtBase, unwrap_module
 from nnunet_ext.trainers.labeled_subset import LabeledSubsetSplit
 from nnunet_ext.trainers.progress import plot_loss_terms
+from nnunet_ext.trainers.steps import GRADIENT_CLIP_NORM
 
 #: checkpoint key of everything the semi-supervised base adds to nnU-Net's checkpoint
 CHECKPOINT_KEY = "semi_supervised_state"
 #: logger key prefix of the scheme's loss terms (``train_loss_{term}``)
 TERM_KEY_PREFIX = "train_loss_"
-#: nnU-Net's gradient clipping norm
-GRADIENT_CLIP_NORM = 12
 
 
 @dataclass
@@ -164,7 +93,35 @@ def split_batch(batch_size: int, labeled_fraction: float) -> tuple[int, int]:
 
 
 class nnUNetTrainerSemiSupervisedBase(LabeledSubsetSplit, nnUNetTrainerExtBase, metaclass=ABCMeta):
-    """nnU-Net trainer with a labeled and an unlabeled stream; subclasses implement :meth:`compute_scheme_loss`."""
+    """nnU-Net trainer with a labeled and an unlabeled stream; subclasses implement :meth:`compute_scheme_loss`.
+
+    Labeled stream: nnU-Net's loader and augmentation over the fold's labeled training cases (those of
+    ``splits_ssl.json`` from ``nnUNetv2_ext_ssl_split``, or without it every training case of the fold). Unlabeled
+    stream: :meth:`get_unlabeled_dataloader` over the pool of :attr:`unlabeled_sources` found at training start.
+    Batch: :meth:`batch_composition` of nnU-Net's (per-rank) batch size; validation batches have the labeled size.
+
+    Example (cross pseudo supervision between two networks, with a class-weight state)::
+
+        class nnUNetTrainerTwoNetworkExample(nnUNetTrainerSemiSupervisedBase):
+            def initialize(self):
+                super().initialize()
+                network = self.build_network_architecture(
+                    self.plans_manager, self.configuration_manager, self.num_input_channels,
+                    self.label_manager.num_segmentation_heads, self.enable_deep_supervision)
+                self.register_network("network2", network, nnunet_sgd(network, self.initial_lr))
+                self.class_weights = torch.ones(self.label_manager.num_segmentation_heads, device=self.device)
+                self.register_state("class_weights")
+
+            def compute_scheme_loss(self, batch):
+                output1, output2 = self.network(batch.data), self.network2(batch.data)
+                supervised = self.loss(batch.split(output1)[0], batch.target) + self.loss(
+                    batch.split(output2)[0], batch.target)
+                logits1, logits2 = output1[0], output2[0]  # full resolution (deep supervision on)
+                cps = F.cross_entropy(logits1, logits2.argmax(1).detach(), self.class_weights) + F.cross_entropy(
+                    logits2, logits1.argmax(1).detach(), self.class_weights)
+                weight = ramped_weight(0.1, self.global_iteration, rampup_length=200)
+                return supervised + weight * cps, {"supervised": supervised, "cps": cps, "cps_weight": weight}
+    """
 
     #: without splits_ssl.json every training case of the fold is labeled (the pool then comes from imagesUl/...)
     requires_ssl_split = False
@@ -178,6 +135,8 @@ class nnUNetTrainerSemiSupervisedBase(LabeledSubsetSplit, nnUNetTrainerExtBase, 
     #: the scheme's ``build_network_architecture`` on a supervised trainer's architecture (a staticmethod of a
     #: function ``supervised_trainer -> staticmethod``); schemes that can run on other architectures set it
     scheme_architecture: staticmethod | None = None
+    #: ``global_iteration`` from which the scheme's ramped loss weights are at their full value
+    rampup_iterations: int = 0
 
     def __init_subclass__(cls, **kwargs):
         """A subclass that sets ``supervised_trainer`` trains the scheme on that trainer's architecture, e.g.
@@ -213,10 +172,24 @@ class nnUNetTrainerSemiSupervisedBase(LabeledSubsetSplit, nnUNetTrainerExtBase, 
     # ----------------------------------------------------------------------------------------------- scheme API
     @abstractmethod
     def compute_scheme_loss(self, batch: SemiSupervisedBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
-        """The scheme's training loss for one step and its terms to log (scalars)."""
+        """The scheme's training loss for one step and its terms to log (scalars).
+
+        Called by :meth:`train_step` (under autocast on CUDA) after every registered optimizer was zeroed; the base
+        back-propagates the loss (with the grad scaler), clips each optimizer's gradients to norm 12 and steps them.
+        Forward each network once on ``batch.data`` and cut the output with ``batch.split``: one forward is what the
+        published schemes do and what DistributedDataParallel requires. ``self.loss`` is nnU-Net's Dice + CE (deep
+        supervision) for the labeled part; ``self.global_iteration`` is the 0-based iteration over the whole run
+        (restored on ``--c``), for ramp-ups. Return the same terms every step (ramp weights as plain floats): each is
+        averaged over the epoch (and the ranks), logged as ``train_loss_{term}`` and plotted to ``progress_ssl.png``.
+        """
+
+    def initialise_scheme_state(self, class_histogram: torch.Tensor) -> None:
+        """Set the scheme's state for a fresh run from the labeled cases' voxel counts per class (K,), e.g. class
+        weights; nothing by default. A scheme that needs it calls it at training start (not on ``--c``)."""
 
     def batch_composition(self, batch_size: int) -> tuple[int, int]:
-        """``(labeled, unlabeled)`` samples per step for nnU-Net's (per-rank) ``batch_size``.
+        """``(labeled, unlabeled)`` samples per step for nnU-Net's (per-rank) ``batch_size``: under DDP nnU-Net
+        splits the plans' batch over the ranks and each rank composes its share, drawing from its own random loaders.
 
         Override to fix the counts (e.g. ``return 4, 4``)."""
         return split_batch(batch_size, self.labeled_batch_fraction)
@@ -224,7 +197,9 @@ class nnUNetTrainerSemiSupervisedBase(LabeledSubsetSplit, nnUNetTrainerExtBase, 
     def register_network(
         self, name: str, network: nn.Module, optimizer: torch.optim.Optimizer | None = None, lr_scheduler=None
     ) -> nn.Module:
-        """Add an extra network as ``self.<name>`` (device, compile, DDP as ``self.network``); returns it.
+        """Add an extra network as ``self.<name>`` (device, compile, DDP with SyncBatchNorm as ``self.network``);
+        returns it. Its train/eval mode follows the main network; deep supervision is toggled on ``self.network``
+        only; its weights and optimizer/scheduler state are saved under :data:`CHECKPOINT_KEY`.
 
         Args:
             optimizer: stepped with the main optimizer in every training step (its parameters clipped to norm 12).
@@ -246,8 +221,15 @@ class nnUNetTrainerSemiSupervisedBase(LabeledSubsetSplit, nnUNetTrainerExtBase, 
             self._extra_lr_schedulers[name] = lr_scheduler
         return network
 
+    @property
+    def extra_networks(self) -> dict[str, nn.Module]:
+        """The networks added with :meth:`register_network`, by name (as registered: compiled/DDP-wrapped)."""
+        return dict(self._extra_networks)
+
     def register_state(self, *names: str) -> None:
-        """Save and restore the attributes ``names`` of ``self`` with the checkpoint."""
+        """Save and restore the attributes ``names`` of ``self`` with the checkpoint (under :data:`CHECKPOINT_KEY`):
+        objects with ``state_dict``/``load_state_dict``, tensors (restored in place onto the device) and plain
+        picklable values. Under DDP keep them identical on every rank, e.g. update them from :meth:`all_reduce`."""
         for name in names:
             if not hasattr(self, name):
                 raise AttributeError(f"set self.{name} before registering it as state")
@@ -282,6 +264,12 @@ class nnUNetTrainerSemiSupervisedBase(LabeledSubsetSplit, nnUNetTrainerExtBase, 
         self.batch_size = self.labeled_batch_size  # nnU-Net's labeled and validation loaders use the labeled share
 
     def on_train_start(self):
+        """nnU-Net's start plus the unlabeled stream: the pool of :attr:`unlabeled_sources`
+        (:func:`~nnunet_ext.ssl.unlabeled_data.discover_unlabeled_pool`: ``split``, the fold's label-less training
+        cases read image-only from nnU-Net's folder; ``real`` and ``synthetic``, ``imagesUl/`` and ``imagesSynth/``
+        preprocessed by ``nnUNetv2_ext_preprocess_unlabeled``). Labels and ``.pkl`` files of pool cases are never
+        opened. An empty pool, a pool of other plans or channel count, or a ``splits_ssl.json`` of another
+        ``splits_final.json`` stops training with a message saying what to run."""
         if not self.was_initialized:
             self.initialize()
         if self.is_cascaded:
@@ -421,35 +409,16 @@ class nnUNetTrainerSemiSupervisedBase(LabeledSubsetSplit, nnUNetTrainerExtBase, 
                 plot_loss_terms(terms, Path(self.output_folder) / "progress_ssl.png")
 
     # -------------------------------------------------------------------------------------------- checkpoints
-    def save_checkpoint(self, filename: str) -> None:
-        """nnU-Net's checkpoint (the same keys as ``nnUNetTrainer.save_checkpoint`` of nnunetv2 2.8.1, which has no
-        hook to add one) plus :data:`CHECKPOINT_KEY`."""
-        if self.local_rank != 0:
-            return
-        if self.disable_checkpointing:
-            self.print_to_log_file("No checkpoint written, checkpointing is disabled")
-            return
-        checkpoint = {
-            "network_weights": self.unwrapped_network.state_dict(),
-            "optimizer_state": self.optimizer.state_dict(),
-            "grad_scaler_state": self.grad_scaler.state_dict() if self.grad_scaler is not None else None,
-            "logging": self.logger.get_checkpoint(),
-            "_best_ema": self._best_ema,
-            "current_epoch": self.current_epoch + 1,
-            "init_args": self.my_init_kwargs,
-            "trainer_name": self.__class__.__name__,
-            "inference_allowed_mirroring_axes": self.inference_allowed_mirroring_axes,
-            CHECKPOINT_KEY: self._semi_supervised_state(),
-        }
-        torch.save(checkpoint, filename)
+    def checkpoint_contents(self) -> dict:
+        return {**super().checkpoint_contents(), CHECKPOINT_KEY: self._semi_supervised_state()}
 
-    def load_checkpoint(self, filename_or_checkpoint: str) -> None:
-        super().load_checkpoint(filename_or_checkpoint)
-        state = torch.load(filename_or_checkpoint, map_location="cpu", weights_only=False).get(CHECKPOINT_KEY)
+    def restore_checkpoint(self, checkpoint: dict) -> None:
+        super().restore_checkpoint(checkpoint)
+        state = checkpoint.get(CHECKPOINT_KEY)
         if state is None:
             raise RuntimeError(
-                f"{filename_or_checkpoint} holds no {CHECKPOINT_KEY}: not written by a semi-supervised "
-                "trainer, its extra networks and state cannot be restored"
+                f"the checkpoint holds no {CHECKPOINT_KEY}: it was not written by a semi-supervised trainer, so its "
+                "extra networks and state cannot be restored"
             )
         self.global_iteration = state["global_iteration"]
         restored = {
@@ -459,9 +428,9 @@ class nnUNetTrainerSemiSupervisedBase(LabeledSubsetSplit, nnUNetTrainerExtBase, 
         }
         for group, objects in restored.items():
             for name, obj in objects.items():
-                obj.load_state_dict(self._saved(state, group, name, filename_or_checkpoint))
+                obj.load_state_dict(self._saved(state, group, name))
         for name in self._extra_state_names:
-            self._restore_attribute(name, self._saved(state, "attributes", name, filename_or_checkpoint))
+            self._restore_attribute(name, self._saved(state, "attributes", name))
 
     def _semi_supervised_state(self) -> dict:
         return {
@@ -485,9 +454,9 @@ class nnUNetTrainerSemiSupervisedBase(LabeledSubsetSplit, nnUNetTrainerExtBase, 
             setattr(self, name, value)
 
     @staticmethod
-    def _saved(state: dict, group: str, name: str, filename: str):
+    def _saved(state: dict, group: str, name: str):
         if name not in state[group]:
-            raise RuntimeError(f"{filename} has no saved {group} entry {name!r} (registered after it was written)")
+            raise RuntimeError(f"the checkpoint has no saved {group} entry {name!r} (registered after it was written)")
         return state[group][name]
 
     def _check_new_name(self, name: str) -> None:
