@@ -17,6 +17,15 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def call_seconds(step: Callable[[], object], device: torch.device) -> float:
+    """Wall seconds of one call of ``step()`` (e.g. a first call that compiles)."""
+    synchronize(device)
+    start = time.perf_counter()
+    step()
+    synchronize(device)
+    return time.perf_counter() - start
+
+
 def median_milliseconds(step: Callable[[], object], device: torch.device, warmup: int, repeats: int) -> float:
     """Median wall time of ``step()`` over ``repeats`` runs after ``warmup`` runs."""
     for _ in range(warmup):

@@ -1,5 +1,5 @@
 """Shared fixtures: an isolated nnU-Net environment and preprocessed synthetic datasets (built once per session), and
-the test tiers (marker ``slow``; the README names the command of each tier).
+the test tiers (markers ``slow`` and ``compile``; the README names the command of each tier).
 
 Tests run on 2 CPU cores: nnU-Net's worker pools are capped at 2 (``nnUNet_def_n_proc``, ``nnUNet_n_proc_DA``)
 and prediction runs sequentially (``-npp 0 -nps 0``).
@@ -17,7 +17,10 @@ from nnunet_runs import NNUNetEnvironment
 
 from nnunet_ext.data.synthetic import SyntheticDatasetSpec, generate_synthetic_dataset
 
-MARKERS = {"slow": "runs nnU-Net's console scripts or trains end to end in subprocesses (the full tier only)"}
+MARKERS = {
+    "slow": "runs nnU-Net's console scripts or trains end to end in subprocesses",
+    "compile": "compiles a trainer's network with inductor beyond the one case per family of the default tier",
+}
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -25,12 +28,17 @@ def pytest_configure(config: pytest.Config) -> None:
         config.addinivalue_line("markers", f"{name}: {description}")
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Every test that needs the isolated nnU-Net environment (it runs nnU-Net's console scripts, or prepares a
-    dataset with them) is ``slow``."""
+    dataset with them) is ``slow``. ``compile`` tests run only when ``-m`` names that marker."""
     for item in items:
         if "nnunet_environment" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.slow)
+    if "compile" not in config.getoption("markexpr"):
+        deselected = [item for item in items if item.get_closest_marker("compile") is not None]
+        if deselected:
+            config.hook.pytest_deselected(items=deselected)
+            items[:] = [item for item in items if item.get_closest_marker("compile") is None]
 
 
 @pytest.fixture(scope="session")

@@ -11,10 +11,13 @@ import torch
 from torch import nn
 
 from nnunet_ext.benchmark.measure import (
+    EAGER,
     FLOP_FORMULAS,
+    StepMode,
     count_flops,
     forward_backward_ms,
     forward_parameter_count,
+    graph_breaks,
     measure_trainer,
     micro_benchmark_arguments,
     step_gflops,
@@ -28,7 +31,15 @@ from nnunet_ext.benchmark.presets import (
     setting_from_preset,
 )
 from nnunet_ext.benchmark.trainer_step import initialised_trainer, trainer_train_step
-from nnunet_ext.cli.benchmark import format_op_class_table, format_scheme_table, format_table, run_benchmark
+from nnunet_ext.cli.benchmark import (
+    format_graph_break_table,
+    format_mode_table,
+    format_op_class_table,
+    format_scheme_table,
+    format_table,
+    run_benchmark,
+    step_modes,
+)
 from nnunet_ext.trainers.guidednet import nnUNetTrainerGuidedNet_CMUNeXt
 
 
@@ -269,3 +280,55 @@ def test_micro_benchmark_arguments_set_the_torch_threads():
         assert (args.threads, args.repeats, torch.get_num_threads()) == (1, 7, 1)
     finally:
         torch.set_num_threads(threads)
+
+
+def test_step_modes_add_the_requested_modes_after_the_eager_step():
+    assert step_modes(False, None) == [EAGER]
+    assert [mode.name for mode in step_modes(True, "bfloat16")] == [
+        "eager",
+        "eager+bfloat16",
+        "compiled",
+        "compiled+bfloat16",
+    ]
+    assert StepMode(amp="float16").autocast_dtype is torch.float16 and EAGER.autocast_dtype is None
+
+
+def test_a_mode_run_times_the_trainers_step_under_autocast():
+    preset = BenchmarkPreset(patch_size=(32, 32), batch_size=2, input_channels=1, num_classes=3)
+    setting = BenchmarkSetting("tiny", plans_for_preset("tiny", preset), "tiny", 2, 1, 3)
+    row = measure_trainer("nnUNetTrainerCMUNeXt_S", setting, "cpu", 0, 1, 1, StepMode(amp="bfloat16"))
+    assert row["error"] is None and row["mode"] == "eager+bfloat16"
+    assert row["first_step_seconds"] > 0 and row["train_step_ms"] > 0 and row["peak_memory_mb"] > 0
+    assert math.isnan(row["forward_ms"]) and row["op_classes"] == {}  # a mode run measures the step only
+
+
+def test_mode_table_compares_with_the_eager_step_and_the_default_network_in_the_same_mode():
+    def row(trainer, mode, ms, first=float("nan")):
+        return {"trainer": trainer, "mode": mode, "train_step_ms": ms, "first_step_seconds": first,
+                "peak_memory_mb": 100.0, "error": None}  # fmt: skip
+
+    rows = [
+        row("nnUNetTrainer", "eager", 100.0),
+        row("nnUNetTrainerGCGLE", "eager", 200.0),
+        row("nnUNetTrainer", "compiled", 80.0, 30.0),
+        row("nnUNetTrainerGCGLE", "compiled", 120.0, 60.0),
+    ]
+    table = format_mode_table(rows)
+    assert "| nnUNetTrainerGCGLE | compiled | 200.0 | 120.0 | 0.60 | 1.50 | 60.0 | 100 |" in table
+    assert format_mode_table(rows[:2]) == ""
+
+
+class BreaksOnce(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + 1
+        if float(x.sum()) > 0:  # data-dependent Python control flow: dynamo breaks the graph here
+            x = x * 2
+        return x - 1
+
+
+def test_graph_breaks_are_counted_with_their_reasons():
+    count, reasons = graph_breaks(BreaksOnce(), torch.ones(2, 3))
+    assert count == 1 and len(reasons) == 1 and "test_benchmark.py" in reasons[0]
+    assert graph_breaks(nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU()), torch.ones(1, 1, 8, 8)) == (0, [])
+    table = format_graph_break_table([{"trainer": "A", "graph_breaks": 1, "graph_break_reasons": ["why"]}])
+    assert table.splitlines()[-1] == "| A | 1 | why |"

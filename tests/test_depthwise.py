@@ -61,3 +61,7 @@ def test_same_parameters_as_nn_conv2d_and_plain_path_where_not_needed():
     assert not DepthwiseConv2d(1536, 3).blockwise_weight_gradient
     assert not DepthwiseConv2d(BLOCKWISE_ABOVE, 5).blockwise_weight_gradient
     assert DepthwiseConv2d(BLOCKWISE_ABOVE + 1, 5).blockwise_weight_gradient
+    # blocks on the CPU only: on CUDA one cuDNN depthwise call in any width
+    assert DepthwiseConv2d(BLOCKWISE_ABOVE + 1, 5).weight_gradient_in_blocks("cpu")
+    assert not DepthwiseConv2d(BLOCKWISE_ABOVE + 1, 5).weight_gradient_in_blocks("cuda")
+    assert not DepthwiseConv2d(BLOCKWISE_ABOVE, 5).weight_gradient_in_blocks("cpu")

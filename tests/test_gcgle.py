@@ -156,6 +156,10 @@ def test_bra_auto_kernel_choice_and_bad_kernel():
     assert BiLevelRoutingAttention(96, 3, 2, 8).kernel_for((56, 56), (7, 7)) == "gather"
     assert BiLevelRoutingAttention(96, 3, 50, 8).kernel_for((56, 56), (7, 7)) == "masked"
     assert BiLevelRoutingAttention(384, 12, 8, 2, kernel="gather").kernel_for((14, 14), (7, 7)) == "gather"
+    # on CUDA "auto" is always the gather kernel (unmasked fused attention); an explicit kernel is kept there too
+    assert BiLevelRoutingAttention(384, 12, 8, 2).kernel_for((14, 14), (7, 7), "cuda") == "gather"
+    assert BiLevelRoutingAttention(96, 3, 50, 8).kernel_for((56, 56), (7, 7), "cuda") == "gather"
+    assert BiLevelRoutingAttention(96, 3, 50, 8, kernel="masked").kernel_for((56, 56), (7, 7), "cuda") == "masked"
     with pytest.raises(ValueError, match="kernel"):
         BiLevelRoutingAttention(24, 3, 2, region_size=4, kernel="dense")
 

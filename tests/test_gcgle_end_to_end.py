@@ -41,7 +41,7 @@ def test_2d_train_from_a_pretrained_encoder_and_predict(nnunet_environment, synt
     assert {"decoder.seg_heads.0.weight", "decoder.seg_heads.3.weight"} <= set(weights)
     log = next(fold.glob("training_log_*.txt")).read_text()
     # every encoder tensor but the 3-channel stem kernel loads into the 1-channel network; the head is skipped
-    assert f"{len(encoder) - 1} tensors loaded, 2 skipped" in log
+    assert f"{len(encoder) - 1} tensors loaded, 2 checkpoint tensors skipped" in log
     assert (fold / "validation" / "summary.json").is_file()
 
     predictions = env.predict(spec, "2d", TRAINER, tmp_path / "pred")

@@ -48,7 +48,7 @@ from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 from nnunet_ext.benchmark.op_classes import op_class_breakdown
 from nnunet_ext.benchmark.presets import BenchmarkSetting
 from nnunet_ext.benchmark.trainer_step import deep_supervision_targets, initialised_trainer, trainer_train_step
-from nnunet_ext.timing import median_milliseconds, memory_in_use, peak_memory_mb, synchronize
+from nnunet_ext.timing import call_seconds, median_milliseconds, memory_in_use, peak_memory_mb, synchronize
 from nnunet_ext.trainers.semi_supervised import nnUNetTrainerSemiSupervisedBase
 from nnunet_ext.trainers.steps import supervised_train_step
 
@@ -68,10 +68,47 @@ class Measurement:
     same_network_supervised_ms: float = float("nan")
     same_network_supervised_gflops: float = float("nan")
     op_classes: dict[str, dict[str, float]] = field(default_factory=dict)
+    mode: str = "eager"
+    first_step_seconds: float = float("nan")
+    graph_breaks: int | None = None
+    graph_break_reasons: list[str] = field(default_factory=list)
     error: str | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class StepMode:
+    """How the train step runs: ``torch.compile``-d networks (inductor) and/or autocast to ``amp`` (``"float16"``
+    with a GradScaler, or ``"bfloat16"``); the default is eager float32 (on CUDA nnU-Net's own float16 autocast)."""
+
+    compile: bool = False
+    amp: str | None = None
+
+    @property
+    def name(self) -> str:
+        return "+".join(["compiled" if self.compile else "eager", *([self.amp] if self.amp else [])])
+
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        return getattr(torch, self.amp) if self.amp else None
+
+
+EAGER = StepMode()
+
+
+def graph_breaks(network: nn.Module, x: torch.Tensor) -> tuple[int, list[str]]:
+    """``torch._dynamo.explain`` of one training forward of ``network`` on ``x`` (deep supervision as set): the
+    number of graph breaks and their reasons. AOTAutograd compiles the backward of each forward graph as one graph,
+    so the forward's breaks are those of forward + backward."""
+    torch._dynamo.reset()
+    explanation = torch._dynamo.explain(network)(x)
+    reasons = [
+        f"{b.reason} ({b.user_stack[-1].filename}:{b.user_stack[-1].lineno})" if b.user_stack else b.reason
+        for b in explanation.break_reasons
+    ]
+    return explanation.graph_break_count, reasons
 
 
 def forward_parameter_count(network: nn.Module, x: torch.Tensor) -> int:
@@ -165,9 +202,19 @@ def micro_benchmark_arguments(description: str, argv: list[str] | None) -> argpa
 
 
 def measure_trainer(
-    trainer_name: str, setting: BenchmarkSetting, device_name: str, warmup: int, repeats: int, threads: int
+    trainer_name: str,
+    setting: BenchmarkSetting,
+    device_name: str,
+    warmup: int,
+    repeats: int,
+    threads: int,
+    mode: StepMode = EAGER,
+    count_graph_breaks: bool = False,
 ) -> dict:
-    """Measure ``trainer_name``'s network on ``setting``; meant to run in a fresh process per trainer."""
+    """Measure ``trainer_name``'s network on ``setting``; meant to run in a fresh process per trainer and mode.
+
+    In the eager mode everything is measured (and the graph breaks of its forward with ``count_graph_breaks``); in
+    another mode only the train step: its time, the first step's seconds (compilation) and peak memory."""
     from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
 
     import nnunet_ext  # noqa: F401  (installs the trainer lookup when the startup hook is absent)
@@ -180,7 +227,7 @@ def measure_trainer(
         trainer_class = recursive_find_trainer_class_by_name(trainer_name)
         memory_before = memory_in_use(device)
         with contextlib.redirect_stdout(io.StringIO()):  # nnU-Net's citation and device lines
-            trainer = initialised_trainer(trainer_class, setting, device)
+            trainer = initialised_trainer(trainer_class, setting, device, compile=mode.compile)
     except Exception as error:
         measurement.error = f"{type(error).__name__}: {error}"
         return measurement.as_dict()
@@ -190,7 +237,10 @@ def measure_trainer(
     measurement.params = sum(p.numel() for net in networks for p in net.parameters())
 
     batch = torch.randn(setting.batch_size, setting.input_channels, *setting.patch_size, device=device)
-    train_step = trainer_train_step(trainer, batch, setting.num_classes)
+    train_step = trainer_train_step(trainer, batch, setting.num_classes, mode.autocast_dtype)
+    measurement.mode = mode.name
+    if mode != EAGER:
+        return measure_step_only(measurement, train_step, device, memory_before, warmup, repeats)
     is_scheme = isinstance(trainer, nnUNetTrainerSemiSupervisedBase)
     if is_scheme:
         supervised_trainer = trainer_class.supervised_trainer
@@ -210,6 +260,9 @@ def measure_trainer(
         measurement.same_network_supervised_ms = median_milliseconds(same_network_step, device, warmup, repeats)
         measurement.same_network_supervised_gflops = step_gflops(same_network_step)
 
+    if count_graph_breaks:
+        measurement.graph_breaks, measurement.graph_break_reasons = graph_breaks(network, batch)
+
     network.eval()
     network.decoder.deep_supervision = False
     with torch.no_grad():
@@ -217,4 +270,21 @@ def measure_trainer(
     single = batch[:1]
     measurement.params_forward = forward_parameter_count(network, single)
     measurement.gflops = count_flops(network, single) / 1e9
+    return measurement.as_dict()
+
+
+def measure_step_only(
+    measurement: Measurement,
+    train_step: Callable[[], object],
+    device: torch.device,
+    memory_before: int,
+    warmup: int,
+    repeats: int,
+) -> dict:
+    """The train step's first-call seconds (compilation, for a compiled step), median time and peak memory."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    measurement.first_step_seconds = call_seconds(train_step, device)
+    measurement.train_step_ms = median_milliseconds(train_step, device, warmup, repeats)
+    measurement.peak_memory_mb = peak_memory_mb(device, memory_before)
     return measurement.as_dict()

@@ -41,10 +41,17 @@ def benchmark_dataset_json(setting: BenchmarkSetting) -> dict:
 
 
 def initialised_trainer(
-    trainer_class: type[nnUNetTrainer], setting: BenchmarkSetting, device: torch.device
+    trainer_class: type[nnUNetTrainer], setting: BenchmarkSetting, device: torch.device, compile: bool | None = None
 ) -> nnUNetTrainer:
     """``trainer_class`` built on the setting's plans (its batch size) and initialised, in scratch nnU-Net folders
-    removed when the process exits; the process's environment is left as it was."""
+    removed when the process exits; the process's environment is left as it was.
+
+    Args:
+        compile: whether ``initialize`` compiles the networks (``_do_i_compile``), on any device; None: nnU-Net's
+            choice (on CUDA unless ``nnUNet_compile`` says otherwise, never on the CPU).
+    """
+    if compile is not None:
+        trainer_class = type(trainer_class.__name__, (trainer_class,), {"_do_i_compile": lambda self: compile})
     scratch = Path(tempfile.mkdtemp(prefix="nnunet_ext_benchmark_"))
     atexit.register(shutil.rmtree, scratch, ignore_errors=True)
     plans = copy.deepcopy(setting.plans)
@@ -85,11 +92,18 @@ def deep_supervision_targets(trainer: nnUNetTrainer, batch_size: int, num_classe
     ]
 
 
-def trainer_train_step(trainer: nnUNetTrainer, data: torch.Tensor, num_classes: int) -> Callable[[], dict]:
+def trainer_train_step(
+    trainer: nnUNetTrainer, data: torch.Tensor, num_classes: int, autocast_dtype: torch.dtype | None = None
+) -> Callable[[], dict]:
     """One real ``trainer.train_step`` on ``data`` (B, C, *S) per call, with random targets.
 
     A semi-supervised trainer takes its labeled share of ``data`` (:meth:`batch_composition`) with targets and the
     rest as its unlabeled batch, at ``global_iteration = rampup_iterations`` (every ramped weight at full value).
+
+    Args:
+        autocast_dtype: run the step under ``torch.autocast`` of the data's device with this dtype, as nnU-Net runs
+            it on CUDA (where its own autocast then takes this dtype instead of float16); float16 on a device
+            where the trainer has no GradScaler gets one, as nnU-Net creates on CUDA.
     """
     trainer.network.train()
     targets = deep_supervision_targets(trainer, data.shape[0], num_classes)
@@ -112,9 +126,14 @@ def trainer_train_step(trainer: nnUNetTrainer, data: torch.Tensor, num_classes: 
         "keys": [f"labeled{i}" for i in range(num_labeled)],
     }
 
+    if autocast_dtype == torch.float16 and trainer.grad_scaler is None:
+        trainer.grad_scaler = torch.amp.GradScaler(data.device.type)
+    precision = contextlib.nullcontext() if autocast_dtype is None else torch.autocast(data.device.type, autocast_dtype)
+
     def step() -> dict:
         if isinstance(trainer, nnUNetTrainerSemiSupervisedBase):
             trainer.global_iteration = trainer.rampup_iterations
-        return trainer.train_step(batch)
+        with precision:
+            return trainer.train_step(batch)
 
     return step

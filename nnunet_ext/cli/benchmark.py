@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from nnunet_ext.benchmark.measure import Measurement, measure_trainer
+from nnunet_ext.benchmark.measure import EAGER, Measurement, StepMode, measure_trainer
 from nnunet_ext.benchmark.op_classes import ARITHMETIC_CLASSES, OP_CLASSES
 from nnunet_ext.benchmark.presets import PRESETS, BenchmarkSetting, setting_from_plans, setting_from_preset
 from nnunet_ext.registration import registered_trainer_names
@@ -72,9 +72,39 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--warmup", type=int, default=2, help="untimed runs before timing")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs; the median is reported")
     parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="also time each trainer's step with its networks torch.compile-d (inductor), as nnU-Net trains on CUDA: "
+        "compiled train-step ms, x eager, first-step seconds (compilation) and peak memory, in a table of its own",
+    )
+    parser.add_argument(
+        "--amp",
+        choices=["float16", "bfloat16"],
+        help="also time each trainer's step under autocast to this dtype (float16 with a GradScaler, as nnU-Net on "
+        "CUDA); with --compile, the compiled step too",
+    )
+    parser.add_argument(
+        "--graph-breaks",
+        action="store_true",
+        help="list per trainer the torch.compile graph breaks of its training forward and their reasons "
+        "(torch._dynamo.explain; the backward of each graph compiles as one graph)",
+    )
+    parser.add_argument(
         "-o", "--output", type=Path, help="JSON output file (default: benchmark_<setting>_<device>.json)"
     )
     return parser
+
+
+def step_modes(compile: bool, amp: str | None) -> list[StepMode]:
+    """The eager step, then the modes ``--compile`` and ``--amp`` ask for (their combination with both)."""
+    modes = [EAGER]
+    if amp:
+        modes.append(StepMode(amp=amp))
+    if compile:
+        modes.append(StepMode(compile=True))
+        if amp:
+            modes.append(StepMode(compile=True, amp=amp))
+    return modes
 
 
 def format_table(rows: list[dict], reference: dict | None) -> str:
@@ -129,6 +159,43 @@ def format_scheme_table(rows: list[dict]) -> str:
     return "\n".join([header, "|" + "---|" * 9, *lines])
 
 
+def format_mode_table(rows: list[dict], reference: str = DEFAULT_TRAINER) -> str:
+    """Markdown table of each trainer's train step in every other mode than eager (compiled, autocast): time, ratio
+    to its eager step and to ``reference``'s step in the same mode, first-step seconds and peak memory."""
+    eager = {row["trainer"]: row for row in rows if row["mode"] == "eager" and not row["error"]}
+    by_mode = {(row["trainer"], row["mode"]): row for row in rows if not row["error"]}
+    lines = []
+    for row in rows:
+        if row["mode"] == "eager" or row["error"] or row["trainer"] not in eager:
+            continue
+        base = by_mode.get((reference, row["mode"]))
+        ratio = f"{row['train_step_ms'] / base['train_step_ms']:.2f}" if base else "-"
+        lines.append(
+            f"| {row['trainer']} | {row['mode']} | {eager[row['trainer']]['train_step_ms']:.1f} | "
+            f"{row['train_step_ms']:.1f} | {row['train_step_ms'] / eager[row['trainer']]['train_step_ms']:.2f} | "
+            f"{ratio} | {row['first_step_seconds']:.1f} | {row['peak_memory_mb']:.0f} |"
+        )
+    if not lines:
+        return ""
+    header = (
+        f"| trainer | mode | eager train-step ms | train-step ms | x eager | x {reference} (same mode) "
+        "| first step s | peak MB |"
+    )
+    return "\n".join([header, "|" + "---|" * 8, *lines])
+
+
+def format_graph_break_table(rows: list[dict]) -> str:
+    """Markdown table of the graph breaks of each trainer's training forward, with their reasons."""
+    lines = [
+        f"| {row['trainer']} | {row['graph_breaks']} | {'; '.join(row['graph_break_reasons']) or '-'} |"
+        for row in rows
+        if row.get("graph_breaks") is not None
+    ]
+    if not lines:
+        return ""
+    return "\n".join(["| trainer | graph breaks | reasons |", "|---|---|---|", *lines])
+
+
 def format_op_class_table(rows: list[dict]) -> str:
     """Markdown table of each trainer's train step by operation class: milliseconds inside the class's operations
     and, for the classes that do arithmetic, GFLOP/s."""
@@ -164,18 +231,25 @@ def run_benchmark(
     repeats: int,
     threads: int,
     measure: Callable[..., dict] = measure_trainer,
+    modes: list[StepMode] = (EAGER,),
+    count_graph_breaks: bool = False,
 ) -> list[dict]:
-    """Measure every trainer in a fresh spawned process (isolated memory peak and no cross-talk). A process that
-    dies (e.g. killed for memory) gives a row with the error instead of stopping or hanging the benchmark."""
+    """Measure every trainer in every mode, each in a fresh spawned process (isolated memory peak and no
+    cross-talk). A process that dies (e.g. killed for memory) gives a row with the error instead of stopping or
+    hanging the benchmark."""
     context = multiprocessing.get_context("spawn")
     rows = []
-    for trainer in tqdm(trainers, desc="benchmark", unit="trainer"):
+    runs = [(trainer, mode) for trainer in trainers for mode in modes]
+    for trainer, mode in tqdm(runs, desc="benchmark", unit="run"):
         with ProcessPoolExecutor(1, mp_context=context) as pool:
-            future = pool.submit(measure, trainer, setting, device, warmup, repeats, threads)
+            future = pool.submit(
+                measure, trainer, setting, device, warmup, repeats, threads, mode, count_graph_breaks and mode == EAGER
+            )
             try:
                 rows.append(future.result())
             except BrokenProcessPool:
-                rows.append(Measurement(trainer, error="the measuring process died (out of memory?)").as_dict())
+                died = Measurement(trainer, mode=mode.name, error="the measuring process died (out of memory?)")
+                rows.append(died.as_dict())
     return rows
 
 
@@ -194,18 +268,36 @@ def main(argv: list[str] | None = None) -> None:
         setting = setting_from_preset(args.preset, args.batch_size)
         name = args.preset
     trainers = args.trainers or [DEFAULT_TRAINER, *registered_trainer_names()]
-    rows = run_benchmark(trainers, setting, args.device, args.warmup, args.repeats, args.threads)
-    reference = next((r for r in rows if r["trainer"] == DEFAULT_TRAINER and not r["error"]), None)
+    modes = step_modes(args.compile, args.amp)
+    rows = run_benchmark(
+        trainers,
+        setting,
+        args.device,
+        args.warmup,
+        args.repeats,
+        args.threads,
+        measure_trainer,
+        modes,
+        args.graph_breaks,
+    )
+    eager_rows = [row for row in rows if row["mode"] == "eager"]
+    reference = next((r for r in eager_rows if r["trainer"] == DEFAULT_TRAINER and not r["error"]), None)
     print(
         f"\n{setting.label}: patch {'x'.join(map(str, setting.patch_size))}, batch {setting.batch_size}, "
         f"{setting.input_channels} -> {setting.num_classes} channels, device {args.device}, "
         f"{args.threads} threads, torch {torch.__version__}, {platform.processor() or platform.machine()}\n"
     )
-    print(format_table(rows, reference))
-    op_classes = format_op_class_table(rows)
+    print(format_table(eager_rows, reference))
+    other_modes = format_mode_table(rows)
+    if other_modes:
+        print(f"\nTrain step in other modes (first step: compilation for a compiled step):\n\n{other_modes}")
+    breaks = format_graph_break_table(rows)
+    if breaks:
+        print(f"\ntorch.compile graph breaks of the training forward:\n\n{breaks}")
+    op_classes = format_op_class_table(eager_rows)
     if op_classes:
         print(f"\nOne train step by operation class (time inside the operations, timed one by one):\n\n{op_classes}")
-    schemes = format_scheme_table(rows)
+    schemes = format_scheme_table(eager_rows)
     if schemes:
         print(f"\nSemi-supervised train step vs supervised training at the same total batch:\n\n{schemes}")
     output = args.output or Path(f"benchmark_{name}_{args.device}.json")
@@ -219,6 +311,7 @@ def main(argv: list[str] | None = None) -> None:
         "threads": args.threads,
         "torch": torch.__version__,
         "repeats": args.repeats,
+        "modes": [mode.name for mode in modes],
         "rows": rows,
     }
     output.write_text(json.dumps(report, indent=2))

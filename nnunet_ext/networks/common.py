@@ -41,7 +41,9 @@ def to_channels_last(x: torch.Tensor) -> torch.Tensor:
     Convolutions propagate the layout of their input, so converting a network's input once makes every layer run
     channels-last. On CPU this is what makes depthwise large-kernel convolutions affordable: their backward pass in
     the default (contiguous) layout takes a slow path, an order of magnitude slower than the channels-last one
-    (``python -m nnunet_ext.benchmark.memory_format``).
+    (``python -m nnunet_ext.benchmark.memory_format``). On CUDA the same layout is kept on purpose: NHWC is the
+    native layout of cuDNN's float16/bfloat16 tensor-core convolutions, depthwise ones included, and nnU-Net trains in
+    float16 autocast there.
     """
     memory_format = torch.channels_last if x.ndim == 4 else torch.channels_last_3d
     return x.contiguous(memory_format=memory_format)

@@ -101,7 +101,12 @@ class DepthwiseConv2d(nn.Conv2d):
         super().__init__(channels, channels, kernel_size, padding=kernel_size // 2, groups=channels, bias=bias)
         self.blockwise_weight_gradient = kernel_size > 3 and channels > BLOCKWISE_ABOVE
 
+    def weight_gradient_in_blocks(self, device_type: str) -> bool:
+        """Whether the weight gradient is computed in blocks on a device of ``device_type``: only on the CPU (the
+        slowdown is oneDNN's); on CUDA one cuDNN depthwise call, in any width."""
+        return self.blockwise_weight_gradient and device_type == "cpu"
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.blockwise_weight_gradient and torch.is_grad_enabled() and x.device.type == "cpu":
+        if torch.is_grad_enabled() and self.weight_gradient_in_blocks(x.device.type):
             return _BlockwiseWeightGradient.apply(x, self.weight, self.bias, self.padding)
         return super().forward(x)

@@ -43,7 +43,6 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from dynamic_network_architectures.building_blocks.helper import get_matching_batchnorm, get_matching_pool_op
@@ -77,10 +76,13 @@ def feature_dropout(x: torch.Tensor, low: float = FEATURE_DROPOUT_RANGE[0], high
 
     ``a = mean_c(x)`` (B, 1, *S); ``thr_b = max_S(a_b) * u`` with one ``u ~ U(low, high)`` per call shared by the
     batch; ``x * 1[a < thr]`` (SSL4MIS ``FeatureDropout``). Not rescaled.
+
+    Deviation: ``u`` comes from torch's generator on ``x``'s device, not NumPy's as in the official code, so that it
+    stays a fresh draw per call in a ``torch.compile``-d network (a NumPy draw is a constant of the traced graph).
     """
     attention = x.mean(dim=1, keepdim=True)
     maximum = attention.flatten(1).amax(dim=1).view(-1, *[1] * (x.ndim - 1))
-    threshold = maximum * float(np.random.uniform(low, high))
+    threshold = maximum * torch.empty((), device=x.device).uniform_(low, high)
     return x * (attention < threshold).to(x.dtype)
 
 

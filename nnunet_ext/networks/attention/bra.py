@@ -123,7 +123,10 @@ class BiLevelRoutingAttention(nn.Module):
     Step 3 has two kernels with the same result: ``"gather"`` gathers the routed regions' keys and values per
     region (one batched gather; the paper's computation and FLOP count), ``"masked"`` runs dense attention over the
     whole map with the keys of unrouted regions masked out (more FLOPs in larger matmuls, no gather). ``"auto"``
-    (default) picks per call with :func:`masked_kernel_is_faster`.
+    (default) picks per call and device with :meth:`kernel_for`: on the CPU the measured rule
+    :func:`masked_kernel_is_faster`; on CUDA always ``"gather"``, whose unmasked ``scaled_dot_product_attention``
+    calls may run torch's fused flash/memory-efficient kernels (a boolean mask excludes the flash kernel, and the
+    masked kernel's dense FLOPs are what those kernels would save).
     """
 
     def __init__(
@@ -155,15 +158,19 @@ class BiLevelRoutingAttention(nn.Module):
             raise ValueError(f"a {h}x{w} map cannot be split into {grid[0]}x{grid[1]} regions")
         q, k, v = self.qkv(x)
         index = self._route(q, k, grid)
-        attention = self._masked_attention if self.kernel_for((h, w), grid) == "masked" else self._gathered_attention
+        kernel = self.kernel_for((h, w), grid, x.device.type)
+        attention = self._masked_attention if kernel == "masked" else self._gathered_attention
         attended = attention(q, k, v, index, grid)
         lepe = self.lepe(v.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)).permute(0, 2, 3, 1)
         return self.wo(attended + lepe)
 
-    def kernel_for(self, size: tuple[int, int], grid: tuple[int, int]) -> str:
-        """``"gather"`` or ``"masked"``: the kernel a call on a ``size`` map split into ``grid`` regions runs."""
+    def kernel_for(self, size: tuple[int, int], grid: tuple[int, int], device_type: str = "cpu") -> str:
+        """``"gather"`` or ``"masked"``: the kernel a call on a ``size`` map split into ``grid`` regions runs on a
+        device of ``device_type`` (``"cpu"``, ``"cuda"``, ...)."""
         if self.kernel != "auto":
             return self.kernel
+        if device_type != "cpu":
+            return "gather"
         regions, pixels = grid[0] * grid[1], (size[0] // grid[0]) * (size[1] // grid[1])
         return "masked" if masked_kernel_is_faster(regions, pixels, min(self.topk, regions)) else "gather"
 
