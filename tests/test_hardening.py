@@ -8,12 +8,30 @@ import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 
+import nibabel
 import numpy as np
-from conversion_replicas import listing, make_busi
+import pytest
+from conversion_replicas import (
+    leftovers,
+    listing,
+    make_acdc,
+    make_btcv,
+    make_busi,
+    make_transunet,
+    write_volume,
+)
+from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
 
+from nnunet_ext.conversion import acdc, synapse
 from nnunet_ext.conversion.busi import convert_busi
 from nnunet_ext.data.atomic import atomic_directory, atomic_file
+from nnunet_ext.data.file_checks import InvalidFileError
+from nnunet_ext.evaluation.folders import read_segmentation
+from nnunet_ext.ssl.raw_pool import PoolValidationError, find_pool_cases, read_pool_case
+from nnunet_ext.synthesis.images import read_case
+from nnunet_ext.synthesis.source import SynthesisInputError
 
 
 @contextmanager
@@ -42,3 +60,91 @@ def test_results_get_the_modes_the_umask_gives(tmp_path):
     with umask(0o027), atomic_directory(tmp_path / "private") as staging:
         pass
     assert mode(tmp_path / "private") == 0o750
+
+
+# ------------------------------------------------------------- 1, 2: truncated files and non-finite values
+def truncate(path: Path) -> Path:
+    """Cut a file in half (a download or copy that stopped midway)."""
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+def convert_fails(main, source: Path, output: Path, capsys, *options: str) -> str:
+    """Run a converter's ``main``; it must exit with 2 and write nothing. Returns its stderr."""
+    code = main(["-i", str(source), "--output", str(output), "--no-progress", *options])
+    stderr = capsys.readouterr().err
+    assert code == 2, stderr
+    assert leftovers(output) == []
+    assert "Traceback" not in stderr
+    return stderr
+
+
+ACDC_PATIENT = Path("database/training/patient001")
+
+
+@pytest.mark.parametrize("name", ["patient001_frame01.nii.gz", "patient001_frame01_gt.nii.gz"])
+def test_acdc_refuses_a_truncated_image_or_label(tmp_path, capsys, name):
+    source = make_acdc(tmp_path / "src", np.random.default_rng(0))
+    broken = truncate(source / ACDC_PATIENT / name)
+    stderr = convert_fails(acdc.main, source, tmp_path / "raw", capsys)
+    assert f"{broken}: unreadable file: truncated or corrupt compressed data" in stderr
+
+
+def test_synapse_refuses_truncated_images_including_the_unlabeled_pool(tmp_path, capsys):
+    source = make_btcv(tmp_path / "src", np.random.default_rng(0))
+    image = truncate(source / "RawData" / "Training" / "img" / "img0005.nii.gz")
+    pool_image = truncate(source / "RawData" / "Testing" / "img" / "img0061.nii.gz")
+    stderr = convert_fails(synapse.main, source, tmp_path / "raw", capsys, "--unlabeled")
+    assert f"{image}: unreadable file: truncated" in stderr and f"{pool_image}: unreadable file: truncated" in stderr
+
+
+def test_transunet_npz_slice_that_is_truncated_is_refused(tmp_path, capsys):
+    source = make_transunet(tmp_path / "src", np.random.default_rng(0))
+    broken = truncate(source / "train_npz" / "case0005_slice001.npz")
+    stderr = convert_fails(synapse.main, source, tmp_path / "raw", capsys)
+    assert f"{broken}: unreadable file:" in stderr
+
+
+def test_converter_refuses_an_image_with_infinite_voxels(tmp_path, capsys):
+    source = make_acdc(tmp_path / "src", np.random.default_rng(0))
+    frame = source / ACDC_PATIENT / "patient001_frame01.nii.gz"
+    volume = nibabel.load(frame)
+    voxels = np.asarray(volume.dataobj)
+    voxels[1, 2, 0], voxels[0, 0, 0] = np.inf, -np.inf
+    nibabel.save(nibabel.Nifti1Image(voxels, volume.affine, volume.header), frame)  # SimpleITK writes inf as 0
+    stderr = convert_fails(acdc.main, source, tmp_path / "raw", capsys)
+    assert f"{frame}: non-finite values: 2 voxel(s) are NaN or infinite" in stderr
+
+
+def pool_files(tmp_path: Path) -> tuple[Path, Path]:
+    """A truncated ``.nii.gz`` and an ``.mha`` with one +inf voxel (SimpleITK reads NIfTI's inf as 0)."""
+    volume = np.random.default_rng(0).random((4, 8, 8)).astype(np.float32)
+    cut = truncate(write_volume(tmp_path / "nii" / "cut_0000.nii.gz", volume))
+    volume[1, 1, 1] = np.inf
+    return cut, write_volume(tmp_path / "mha" / "inf_0000.mha", volume)
+
+
+def test_pool_refuses_truncated_files_and_infinite_voxels(tmp_path):
+    cut, infinite = pool_files(tmp_path)
+    [cut_case] = find_pool_cases(cut.parent, ".nii.gz", 1)
+    with pytest.raises(PoolValidationError, match=r"cut_0000\.nii\.gz: truncated or corrupt compressed data"):
+        read_pool_case(cut_case, SimpleITKIO, 1, training_is_2d=False)
+    [infinite_case] = find_pool_cases(infinite.parent, ".mha", 1)
+    with pytest.raises(PoolValidationError, match=r"inf_0000\.mha: 1 voxel\(s\) are NaN or infinite"):
+        read_pool_case(infinite_case, SimpleITKIO, 1, training_is_2d=False)
+
+
+def test_synthesis_refuses_sources_with_infinite_voxels_or_truncated_files(tmp_path):
+    cut, infinite = pool_files(tmp_path)
+    source = SimpleNamespace(reader_class=SimpleITKIO)
+    with pytest.raises(SynthesisInputError, match=r"cut_0000\.nii\.gz: truncated"):
+        read_case(source, (str(cut),))
+    with pytest.raises(SynthesisInputError, match=r"inf_0000\.mha: 1 voxel\(s\) are NaN or infinite"):
+        read_case(source, (str(infinite),))
+
+
+def test_evaluation_refuses_a_truncated_prediction(tmp_path):
+    cut, _ = pool_files(tmp_path)
+    with pytest.raises(InvalidFileError, match=r"cut_0000\.nii\.gz: truncated"):
+        read_segmentation(SimpleITKIO(), cut)

@@ -127,7 +127,7 @@ def test_geometry_errors_name_the_file(tmp_path):
     ]
     with pytest.raises(PoolValidationError, match=r"spacing_0001\.mha: shape \(6, 16, 16\) / spacing \(2\.0"):
         read_pool_case(cases["spacing"], SimpleITKIO, 2, training_is_2d=False)
-    with pytest.raises(PoolValidationError, match=r"nan_0000\.mha, .*nan_0001\.mha: image contains NaN"):
+    with pytest.raises(PoolValidationError, match=r"nan_0000\.mha, .*nan_0001\.mha: 1 voxel\(s\) are NaN or infinite"):
         read_pool_case(cases["nan"], SimpleITKIO, 2, training_is_2d=False)
     with pytest.raises(PoolValidationError, match=r"image of shape \(6, 16, 16\) in a 2D dataset"):
         read_pool_case(cases["nan"], SimpleITKIO, 2, training_is_2d=True)

@@ -56,9 +56,16 @@ class UnexpectedLabelError(SourceProblem):
 
 
 class UnreadableFileError(SourceProblem):
-    """A file cannot be read or decoded, or lacks an expected entry (array key, header field)."""
+    """A file cannot be read or decoded (truncated, corrupt compressed data), or lacks an expected entry (array key,
+    header field)."""
 
     kind = "unreadable file"
+
+
+class NonFiniteValueError(SourceProblem):
+    """An image holds NaN or infinite values."""
+
+    kind = "non-finite values"
 
 
 class ChannelCountError(SourceProblem):

@@ -24,6 +24,7 @@ from nnunetv2.imageio.reader_writer_registry import (
 from nnunetv2.utilities.label_handling.label_handling import LabelManager
 from tqdm import tqdm
 
+from nnunet_ext.data.file_checks import check_complete
 from nnunet_ext.evaluation.metrics import METRICS
 from nnunet_ext.evaluation.protocols import PROTOCOLS, LabelOrRegion, Protocol
 from nnunet_ext.evaluation.reports import summarize
@@ -148,7 +149,12 @@ def read_segmentation(reader: BaseReaderWriter, file: str | os.PathLike) -> tupl
 
     nnU-Net's readers return (1, X, Y, Z) and give 2D images a dummy first axis of size 1 with spacing 999; that
     axis is dropped, so 2D cases are scored as 2D (a 3D edge would make every pixel a surface pixel).
+
+    Raises:
+        InvalidFileError: the file is truncated or corrupt (SimpleITK would read the missing part as zeros).
+        RuntimeError: the reader cannot read it.
     """
+    check_complete(file)
     try:
         segmentation, properties = reader.read_seg(str(file))
     except Exception as error:
