@@ -3,6 +3,7 @@ writes nothing; results get the modes the user's umask gives."""
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 from collections.abc import Iterator
@@ -19,12 +20,13 @@ from conversion_replicas import (
     make_acdc,
     make_btcv,
     make_busi,
+    make_tn3k,
     make_transunet,
     write_volume,
 )
 from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
 
-from nnunet_ext.conversion import acdc, synapse
+from nnunet_ext.conversion import acdc, synapse, thyroid
 from nnunet_ext.conversion.busi import convert_busi
 from nnunet_ext.data.atomic import atomic_directory, atomic_file
 from nnunet_ext.data.file_checks import InvalidFileError
@@ -148,3 +150,29 @@ def test_evaluation_refuses_a_truncated_prediction(tmp_path):
     cut, _ = pool_files(tmp_path)
     with pytest.raises(InvalidFileError, match=r"cut_0000\.nii\.gz: truncated"):
         read_segmentation(SimpleITKIO(), cut)
+
+
+# ------------------------------------------------------------------------------------- 3: TN3K fold files
+@pytest.mark.parametrize(
+    ("fold_files", "message"),
+    [
+        ({"fold1": {"train": [0, 1, 2], "val": [-1]}}, "'val' indices [-1] are outside 0..3"),
+        ({"fold1": {"train": [0, 1, 9], "val": [2]}}, "'train' indices [9] are outside 0..3"),
+        ({"fold0": {"train": [0, 1, 2], "val": [2, 3]}}, "indices [2] are in both 'train' and 'val'"),
+        ({"fold0": {"train": [0, 0, 1], "val": [2]}}, "'train' lists indices [0] more than once"),
+        ({"fold0": {"train": ["0", 1], "val": [2]}}, "'train' must be a non-empty list of integer image indices"),
+        ({"fold0": {"train": [0, 1]}}, 'expected {"train": [indices], "val": [indices]}'),
+        ({"fold1": None, "fold2": {"train": [0], "val": [1]}}, "tn3k-trainval-fold1.json missing"),
+    ],
+    ids=["negative", "out-of-range", "in-both", "repeated", "not-int", "no-val", "missing-fold"],
+)
+def test_tn3k_fold_files_are_validated(tmp_path, capsys, fold_files, message):
+    source = make_tn3k(tmp_path / "src", np.random.default_rng(0))
+    for name, content in fold_files.items():
+        path = source / f"tn3k-trainval-{name}.json"
+        if content is None:
+            path.unlink()
+        else:
+            path.write_text(json.dumps(content))
+    stderr = convert_fails(thyroid.main, source, tmp_path / "raw", capsys)
+    assert message in stderr
