@@ -3,6 +3,7 @@ writes nothing; results get the modes the user's umask gives."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import stat
@@ -26,8 +27,9 @@ from conversion_replicas import (
 )
 from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
 
-from nnunet_ext.conversion import acdc, synapse, thyroid
+from nnunet_ext.conversion import acdc, amos, busi, flare, isic, oct, synapse, thyroid
 from nnunet_ext.conversion.busi import convert_busi
+from nnunet_ext.conversion.errors import InvalidDatasetNameError
 from nnunet_ext.data.atomic import atomic_directory, atomic_file
 from nnunet_ext.data.file_checks import InvalidFileError
 from nnunet_ext.evaluation.folders import read_segmentation
@@ -176,3 +178,35 @@ def test_tn3k_fold_files_are_validated(tmp_path, capsys, fold_files, message):
             path.write_text(json.dumps(content))
     stderr = convert_fails(thyroid.main, source, tmp_path / "raw", capsys)
     assert message in stderr
+
+
+# ------------------------------------------------------------------------------------------ 6: dataset names
+CONVERTER_MAINS = {
+    "ACDC": acdc.main,
+    "AMOS task 1": amos.main,
+    "AMOS task 2": functools.partial(amos.main, task=2),
+    "BUSI": busi.main,
+    "FLARE22": flare.main,
+    "ISIC": isic.main,
+    "OCT": oct.main,
+    "Synapse": synapse.main,
+    "Thyroid": thyroid.main,
+}
+
+
+@pytest.mark.parametrize("main", CONVERTER_MAINS.values(), ids=CONVERTER_MAINS)
+@pytest.mark.parametrize("name", ["a/b", "../../../escape", "with space", ""])
+def test_dataset_names_that_are_not_one_folder_name_are_refused(tmp_path, capsys, main, name):
+    (tmp_path / "src").mkdir()
+    with pytest.raises(SystemExit) as exit_status:
+        main(["-i", str(tmp_path / "src"), "--output", str(tmp_path / "raw" / "inner"), "--name", name])
+    assert exit_status.value.code == 2
+    assert f"dataset name {name!r} is not allowed" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+
+
+def test_dataset_name_is_checked_by_the_python_api_too(tmp_path):
+    source = make_busi(tmp_path / "src", np.random.default_rng(0))
+    with pytest.raises(InvalidDatasetNameError, match="not allowed"):
+        convert_busi(source, tmp_path / "raw", name="../escape", progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]

@@ -23,6 +23,15 @@ def _dataset_id(text: str) -> int:
     return value
 
 
+def _dataset_name(text: str) -> str:
+    from nnunet_ext.conversion.writer import check_dataset_name
+
+    try:
+        return check_dataset_name(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from error
+
+
 def label_map_argument(text: str):
     """argparse ``type=`` for ``--label-map`` (see :func:`nnunet_ext.conversion.labels.parse_label_map`)."""
     from nnunet_ext.conversion.labels import parse_label_map
@@ -56,7 +65,7 @@ def converter_parser(
         default=None,
         help="folder that receives DatasetXXX_Name/ (default: $nnUNet_raw)",
     )
-    parser.add_argument("--name", default=name, help="dataset name (the folder is DatasetXXX_NAME)")
+    parser.add_argument("--name", type=_dataset_name, default=name, help="dataset name (the folder is DatasetXXX_NAME)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing DatasetXXX_NAME folder")
     parser.add_argument(
         "--workers", type=int, default=None, help="threads for validating/writing cases (default: min(4, CPUs))"

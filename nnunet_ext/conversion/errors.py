@@ -18,6 +18,10 @@ class DatasetExistsError(ConversionError, FileExistsError):
     """The target dataset folder (or another folder with the same dataset id) already exists."""
 
 
+class InvalidDatasetNameError(ConversionError, ValueError):
+    """The dataset name cannot be the ``<Name>`` of nnU-Net's ``DatasetXXX_<Name>`` folder (a path, spaces, ...)."""
+
+
 class SourceLayoutError(ConversionError):
     """The input folder does not have the layout the converter expects (a folder or list file is missing)."""
 
