@@ -26,7 +26,9 @@ from conversion_replicas import (
     write_volume,
 )
 from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+from test_evaluation import make_3d_dataset
 
+from nnunet_ext.cli import evaluate as evaluate_cli
 from nnunet_ext.conversion import acdc, amos, busi, flare, isic, oct, synapse, thyroid
 from nnunet_ext.conversion.busi import convert_busi
 from nnunet_ext.conversion.errors import InvalidDatasetNameError
@@ -210,3 +212,26 @@ def test_dataset_name_is_checked_by_the_python_api_too(tmp_path):
     with pytest.raises(InvalidDatasetNameError, match="not allowed"):
         convert_busi(source, tmp_path / "raw", name="../escape", progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+
+
+# ------------------------------------------------------------------------------- 4: evaluate -o DIR
+def evaluate(references: Path, predictions: Path, *options: str) -> None:
+    evaluate_cli.main(["-ref", str(references), "-pred", str(predictions), "-np", "0", "--metrics", "dice", *options])
+
+
+def test_evaluate_output_folder_keeps_the_users_files(tmp_path):
+    references, predictions = make_3d_dataset(tmp_path)
+    output = tmp_path / "results"
+    evaluate(references, predictions, "-o", str(output))
+    (output / "notes.txt").write_text("my notes")
+    (output / "figures").mkdir()
+    inode = output.stat().st_ino
+    evaluate(references, predictions, "-o", str(output), "--protocol", "transunet-synapse")
+    assert output.stat().st_ino == inode  # the folder itself was not replaced
+    assert (output / "notes.txt").read_text() == "my notes" and (output / "figures").is_dir()
+    assert json.loads((output / "metrics.json").read_text())["protocol"] == "transunet-synapse"
+    assert not [p.name for p in output.iterdir() if p.name.startswith(".")]  # no staging left behind
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    evaluate(references, predictions, "-o", str(empty))
+    assert (empty / "metrics.json").is_file()

@@ -39,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "-o",
         default=None,
-        help="output folder (replaced if it holds an earlier comparison). "
+        help="output folder: new, empty, or holding an earlier comparison, whose files are replaced (other files "
+        "stay). "
         "Default: $nnUNet_results/DatasetXXX/ext_compare__PLANS__CONFIGURATION",
     )
     parser.add_argument(

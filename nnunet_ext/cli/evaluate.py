@@ -84,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "-o",
         default=None,
-        help="output folder (replaced if it holds an earlier report). Default: PRED/ext_evaluation_PROTOCOL",
+        help="output folder: new, empty, or holding an earlier report, whose files are replaced (other files stay). "
+        "Default: PRED/ext_evaluation_PROTOCOL",
     )
     parser.add_argument(
         "--chill", action="store_true", help="evaluate the predictions present even if some references have none"
