@@ -3,6 +3,7 @@ writes nothing; results get the modes the user's umask gives."""
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import os
@@ -19,17 +20,20 @@ from conversion_replicas import (
     leftovers,
     listing,
     make_acdc,
+    make_amos,
     make_btcv,
     make_busi,
     make_tn3k,
     make_transunet,
     write_volume,
 )
+from nibabel.filebasedimages import ImageFileError
 from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
 from test_evaluation import make_3d_dataset
 
 from nnunet_ext.cli import evaluate as evaluate_cli
 from nnunet_ext.conversion import acdc, amos, busi, flare, isic, oct, synapse, thyroid
+from nnunet_ext.conversion import cases as cases_module
 from nnunet_ext.conversion.busi import convert_busi
 from nnunet_ext.conversion.errors import InvalidDatasetNameError
 from nnunet_ext.data.atomic import atomic_directory, atomic_file
@@ -235,3 +239,56 @@ def test_evaluate_output_folder_keeps_the_users_files(tmp_path):
     empty.mkdir()
     evaluate(references, predictions, "-o", str(empty))
     assert (empty / "metrics.json").is_file()
+
+
+# ---------------------------------------------------------------------- 5: operating-system errors, bad options
+def test_full_disk_is_one_message_and_leaves_nothing(tmp_path, capsys, monkeypatch):
+    def no_space(array, path):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(cases_module, "write_png", no_space)
+    stderr = convert_fails(busi.main, make_busi(tmp_path / "src", np.random.default_rng(0)), tmp_path / "raw", capsys)
+    assert "No space left on device" in stderr and "_0000.png" in stderr
+
+
+def test_unwritable_output_is_one_message(tmp_path, capsys):
+    (tmp_path / "file").write_text("not a folder")
+    source = make_busi(tmp_path / "src", np.random.default_rng(0))
+    stderr = convert_fails(busi.main, source, tmp_path / "file" / "raw", capsys)
+    assert str(tmp_path / "file") in stderr
+
+
+def test_negative_workers_are_refused_by_the_parser(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_status:
+        busi.main(["-i", str(tmp_path), "--output", str(tmp_path / "raw"), "--workers", "-2"])
+    assert exit_status.value.code == 2
+    assert "argument --workers: must be at least 1, got -2" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda data: data.update(labels=["background", "spleen"]), '"labels" must map label values to names'),
+        (lambda data: data["training"][0].pop("image"), '"training" must be a list of'),
+        (lambda data: data.update(test="imagesTs"), '"test" must be a list of'),
+    ],
+    ids=["labels-list", "entry-without-image", "test-not-a-list"],
+)
+def test_malformed_amos_dataset_json_is_named(tmp_path, capsys, edit, message):
+    source = make_amos(tmp_path / "src", np.random.default_rng(0))
+    data = json.loads((source / "dataset.json").read_text())
+    edit(data)
+    (source / "dataset.json").write_text(json.dumps(data))
+    stderr = convert_fails(amos.main, source, tmp_path / "raw", capsys)
+    assert f"{source / 'dataset.json'}: {message}" in stderr
+
+
+def test_any_failure_of_nnunets_integrity_check_is_one_message(tmp_path, capsys, monkeypatch):
+    from nnunetv2.experiment_planning import verify_dataset_integrity
+
+    def unreadable(folder, num_processes):
+        raise ImageFileError(f"Cannot work out file type of {folder}/imagesTr/amos_0001_0000.nii.gz")
+
+    monkeypatch.setattr(verify_dataset_integrity, "verify_dataset_integrity", unreadable)
+    stderr = convert_fails(amos.main, make_amos(tmp_path / "src", np.random.default_rng(0)), tmp_path / "raw", capsys)
+    assert "verify_dataset_integrity rejected the converted dataset (Cannot work out file type" in stderr

@@ -213,7 +213,7 @@ def test_cli_with_worker_processes_writes_valid_cases_and_names_invalid_ones(poo
         "nnUNetv2_ext_preprocess_unlabeled",
         *("-d", str(POOL_DATASET_ID), "-c", "2d", "--pool", "synthetic", "-np", "2"),
     )
-    assert result.returncode == 1, result.stderr
+    assert result.returncode == 2, result.stderr
     assert "1 preprocessed" in result.stdout and "1 failed" in result.stdout
     assert f"{raw / 'imagesSynth' / 'ldm_001_0000.png'}: cannot be read" in result.stdout
     assert "Preprocessing pool 'synthetic'" in result.stderr  # the progress bar
@@ -231,7 +231,7 @@ def test_cli_reports_naming_errors_before_touching_the_pool(pool_dataset, nnunet
             preprocess_unlabeled.main(["-d", str(POOL_DATASET_ID), "-c", "2d", "--pool", "real", "--overwrite"])
     finally:
         bad.unlink()
-    assert str(exit_status.value.code).startswith(
+    assert str(exit_status.value).startswith(
         f"nnUNetv2_ext_preprocess_unlabeled: error: {bad}: not named {{case}}_{{XXXX}}.png"
     )
     pool = nnunet_paths.preprocessed / pool_dataset.folder_name / "nnUNetPlans_2d_unlabeled" / "real"

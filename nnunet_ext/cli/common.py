@@ -1,18 +1,42 @@
-"""Helpers shared by the console scripts."""
+"""Helpers shared by the console scripts: one line on stderr and exit status 2 for bad input and failed I/O."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import NoReturn
 
-USER_ERRORS = (FileNotFoundError, FileExistsError, ValueError, RuntimeError)
-"""What bad input (paths, options, file contents) raises; reported as one line instead of a traceback."""
+USER_ERRORS = (OSError, ValueError, RuntimeError)
+"""What bad input (paths, options, file contents) and the operating system (a read-only or full disk, missing
+permissions) raise; reported as one line instead of a traceback."""
+
+EXIT_STATUS = 2
+"""Exit status of a refused command (as argparse's for bad options and the dataset converters')."""
+
+
+class CommandError(SystemExit):
+    """Exit status 2 after the line ``program: error: message`` went to stderr; ``str()`` gives that line."""
+
+    def __init__(self, line: str):
+        super().__init__(EXIT_STATUS)
+        self.line = line
+
+    def __str__(self) -> str:
+        return self.line
+
+
+def fail(program: str, message: object) -> NoReturn:
+    """Print ``program: error: message`` on stderr and exit with status 2."""
+    line = f"{program}: error: {message}"
+    print(line, file=sys.stderr)
+    raise CommandError(line)
 
 
 @contextmanager
-def exit_on_user_error(program: str) -> Iterator[None]:
-    """Turn ``USER_ERRORS`` into ``program: error: message`` on stderr and exit status 1."""
+def exit_on_user_error(program: str, errors: tuple[type[BaseException], ...] = USER_ERRORS) -> Iterator[None]:
+    """Turn ``errors`` into ``program: error: message`` on stderr and exit status 2 (see :func:`fail`)."""
     try:
         yield
-    except USER_ERRORS as error:
-        raise SystemExit(f"{program}: error: {error}") from error
+    except errors as error:
+        fail(program, error)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from nnunet_ext.cli.common import exit_on_user_error
 from nnunet_ext.ssl.splits import create_ssl_split_file
 
 PROG = "nnUNetv2_ext_ssl_split"
@@ -40,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    try:
+    with exit_on_user_error(PROG):
         path, content, warnings = create_ssl_split_file(
             args.dataset,
             args.labeled_fraction,
@@ -50,8 +51,6 @@ def main(argv: list[str] | None = None) -> None:
             args.configuration,
             args.overwrite,
         )
-    except (FileExistsError, FileNotFoundError, ValueError) as error:
-        sys.exit(f"{PROG}: error: {error}")
     for warning in warnings:
         print(f"WARNING: {warning}", file=sys.stderr)
     for fold, entry in enumerate(content["folds"]):

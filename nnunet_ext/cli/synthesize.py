@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from pathlib import Path
 
 import torch
 
+from nnunet_ext.cli.common import exit_on_user_error
 from nnunet_ext.synthesis.perceptual import WEIGHTS_VARIABLE
 from nnunet_ext.synthesis.presets import PRESETS
 
@@ -127,10 +127,8 @@ def main(argv: list[str] | None = None) -> None:
         class_labels=args.class_labels,
         perceptual_weights=args.perceptual_weights,
     )
-    try:
+    with exit_on_user_error("nnUNetv2_ext_synthesize", (SynthesisInputError, OSError)):
         result = synthesize(options)
-    except (SynthesisInputError, FileNotFoundError) as error:
-        sys.exit(f"nnUNetv2_ext_synthesize: {error}")
     print(f"model: {result.model_folder}")
     if result.provenance is not None:
         print(f"{len(result.cases)} synthetic images: {result.provenance.parent}")

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -50,6 +51,7 @@ FOLDERS = {
     "test": ("imagesTs", None, "Ts"),
 }
 GUIDEDNET_COUNTS = (180, 60, 60)
+_CASE = re.compile(r"amos_\d+\.nii\.gz")
 DESCRIPTION = (
     "AMOS 2022 as released after the challenge (with validation labels); validation cases merged into training "
     "for nnU-Net's 5-fold cross-validation, as nnU-Net's own Dataset218/219 converters do."
@@ -68,10 +70,32 @@ def load_source_json(source: Path) -> dict:
         data = json.loads(path.read_text())
     except ValueError as error:
         raise SourceLayoutError(f"{path}: not valid JSON ({error})") from error
+    if not isinstance(data, dict):
+        raise SourceLayoutError(f"{path}: expected a JSON object, got {type(data).__name__}")
     missing = [key for key in ("training", "validation", "test", "labels") if key not in data]
     if missing:
         raise SourceLayoutError(f"{path}: lacks the keys {missing}")
+    labels = data["labels"]
+    if not isinstance(labels, dict) or not all(
+        isinstance(key, str) and key.isdigit() and isinstance(name, str) for key, name in labels.items()
+    ):
+        raise SourceLayoutError(f'{path}: "labels" must map label values to names, e.g. {{"0": "background"}}')
+    for key in FOLDERS:
+        entries = data[key]
+        if not isinstance(entries, list) or not all(_listed_image(entry) for entry in entries):
+            raise SourceLayoutError(
+                f'{path}: "{key}" must be a list of {{"image": "./{FOLDERS[key][0]}/amos_XXXX.nii.gz", ...}} entries'
+            )
     return data
+
+
+def _listed_image(entry: object) -> bool:
+    """Whether a case entry of the release's dataset.json names an ``amos_XXXX.nii.gz`` image."""
+    return (
+        isinstance(entry, dict)
+        and isinstance(entry.get("image"), str)
+        and _CASE.fullmatch(Path(entry["image"]).name) is not None
+    )
 
 
 def amos_cases(source: Path, data: dict, task: int) -> tuple[list[VolumeCase], list[SourceProblem]]:

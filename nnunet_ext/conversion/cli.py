@@ -1,8 +1,9 @@
 """The command-line skeleton every ``dataset_conversion/`` script shares.
 
 Common options: ``-i/--input``, ``-d/--dataset-id``, ``--output`` (default ``$nnUNet_raw``), ``--overwrite``,
-``--name``, ``--workers``, ``--no-progress``. Expected failures (:class:`ConversionError`) print one readable
-message and exit with status 2; nothing is left behind.
+``--name``, ``--workers``, ``--no-progress``. Expected failures (:class:`ConversionError`) and operating-system
+errors (a read-only or full output disk) print one readable message and exit with status 2; nothing is left
+behind.
 """
 
 from __future__ import annotations
@@ -20,6 +21,13 @@ def _dataset_id(text: str) -> int:
     value = int(text)
     if not 0 < value < 1000:
         raise argparse.ArgumentTypeError(f"a dataset id is 1..999, got {value}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
 
 
@@ -68,7 +76,10 @@ def converter_parser(
     parser.add_argument("--name", type=_dataset_name, default=name, help="dataset name (the folder is DatasetXXX_NAME)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing DatasetXXX_NAME folder")
     parser.add_argument(
-        "--workers", type=int, default=None, help="threads for validating/writing cases (default: min(4, CPUs))"
+        "--workers",
+        type=_positive_int,
+        default=None,
+        help="threads for validating/writing cases (default: min(4, CPUs))",
     )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     return parser
@@ -109,7 +120,7 @@ def run(
     kwargs = common_kwargs(parser, args)
     try:
         target = convert(args, kwargs)
-    except ConversionError as error:
+    except (ConversionError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     counts = ", ".join(
