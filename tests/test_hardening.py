@@ -25,6 +25,7 @@ from conversion_replicas import (
     make_busi,
     make_tn3k,
     make_transunet,
+    read_volume,
     write_volume,
 )
 from nibabel.filebasedimages import ImageFileError
@@ -36,6 +37,7 @@ from nnunet_ext.conversion import acdc, amos, busi, flare, isic, oct, synapse, t
 from nnunet_ext.conversion import cases as cases_module
 from nnunet_ext.conversion.busi import convert_busi
 from nnunet_ext.conversion.errors import InvalidDatasetNameError
+from nnunet_ext.conversion.labels import parse_label_map
 from nnunet_ext.data.atomic import atomic_directory, atomic_file
 from nnunet_ext.data.file_checks import InvalidFileError
 from nnunet_ext.evaluation.folders import read_segmentation
@@ -292,3 +294,67 @@ def test_any_failure_of_nnunets_integrity_check_is_one_message(tmp_path, capsys,
     monkeypatch.setattr(verify_dataset_integrity, "verify_dataset_integrity", unreadable)
     stderr = convert_fails(amos.main, make_amos(tmp_path / "src", np.random.default_rng(0)), tmp_path / "raw", capsys)
     assert "verify_dataset_integrity rejected the converted dataset (Cannot work out file type" in stderr
+
+
+# ----------------------------------------------------------------- 8: warnings and clear errors on odd input
+def test_acdc_with_fewer_than_five_patients_warns_about_empty_folds(tmp_path, capsys):
+    source = make_acdc(tmp_path / "src", np.random.default_rng(0))
+    assert acdc.main(["-i", str(source), "--output", str(tmp_path / "raw"), "--no-progress"]) == 0
+    stderr = capsys.readouterr().err
+    assert (
+        "warning: only 3 training patient(s): folds 3, 4 of the 5-fold splits_final.json have no validation" in stderr
+    )
+
+
+@pytest.mark.parametrize(
+    ("label_map", "message"),
+    [
+        ("background=0;lesion=128;lesion=255", "label 'lesion' is given twice; list its values as alternatives"),
+        ("background=0;other=300", "label 'other': value 300 is not 0..255"),
+        ("background=0;a=1;b=1", "value 1 is given for both 'a' and 'b'"),
+        ("missing.json", "label map file missing.json not found"),
+    ],
+    ids=["repeated-name", "above-255", "value-twice", "missing-json"],
+)
+def test_label_map_errors_are_clear(tmp_path, capsys, label_map, message):
+    with pytest.raises(SystemExit) as exit_status:
+        oct.main(["-i", str(tmp_path), "--output", str(tmp_path / "raw"), "--label-map", label_map])
+    assert exit_status.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_label_map_file_with_a_repeated_name_is_refused(tmp_path):
+    path = tmp_path / "labels.json"
+    path.write_text('{"background": 0, "lesion": 128, "lesion": 255}')
+    with pytest.raises(ValueError, match=r"labels\.json: label\(s\) \['lesion'\] given twice"):
+        parse_label_map(str(path))
+
+
+def test_evaluate_warns_about_undefined_prediction_labels_and_extra_predictions(tmp_path, capsys):
+    references, predictions = make_3d_dataset(tmp_path)
+    volume = read_volume(predictions / "case_1.nii.gz")
+    volume[0, 0, 0] = 7
+    write_volume(predictions / "case_1.nii.gz", volume, (1.0, 1.0, 2.0))
+    write_volume(predictions / "extra.nii.gz", volume, (1.0, 1.0, 2.0))
+    with pytest.raises(SystemExit, match=r"no reference .* for extra\.nii\.gz \(pass --chill"):
+        evaluate(references, predictions)
+    evaluate(references, predictions, "--chill")
+    stderr = capsys.readouterr().err
+    assert "warning: predictions hold label values the dataset does not define [0, 1, 2] (they count as " in stderr
+    assert f"{predictions / 'case_1.nii.gz'}: [7]" in stderr
+    assert "warning: no reference in" in stderr and "for extra.nii.gz: not evaluated" in stderr
+    summary = json.loads((predictions / "ext_evaluation_nnunet" / "metrics.json").read_text())
+    assert [case["case"] for case in summary["metric_per_case"]] == ["case_0", "case_1", "case_2"]
+
+
+def test_evaluate_names_a_malformed_dataset_json(tmp_path, capsys):
+    references, predictions = make_3d_dataset(tmp_path)
+    broken = tmp_path / "broken.json"
+    broken.write_text("{not json")
+    with pytest.raises(SystemExit) as exit_status:
+        evaluate(references, predictions, "-djfile", str(broken))
+    assert exit_status.value.code == 2
+    assert f"{broken}: not valid JSON" in capsys.readouterr().err
+    broken.write_text('{"name": "no labels"}')
+    with pytest.raises(SystemExit, match=r"broken\.json: not an nnU-Net dataset\.json \(no \"labels\" table\)"):
+        evaluate(references, predictions, "-djfile", str(broken))

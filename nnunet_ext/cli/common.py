@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import NoReturn
@@ -40,3 +41,18 @@ def exit_on_user_error(program: str, errors: tuple[type[BaseException], ...] = U
         yield
     except errors as error:
         fail(program, error)
+
+
+@contextmanager
+def print_warnings(program: str, category: type[Warning]) -> Iterator[None]:
+    """Print every ``category`` warning raised in the block as one line ``program: warning: message`` on stderr."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", category)
+        try:
+            yield
+        finally:
+            for warning in caught:
+                if issubclass(warning.category, category):
+                    print(f"{program}: warning: {warning.message}", file=sys.stderr)
+                else:
+                    warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)

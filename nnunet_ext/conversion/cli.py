@@ -11,10 +11,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from nnunet_ext.conversion.errors import ConversionError
+from nnunet_ext.conversion.errors import ConversionError, ConversionWarning
 
 
 def _dataset_id(text: str) -> int:
@@ -115,14 +116,20 @@ def run(
     convert: Callable[[argparse.Namespace, dict], Path],
     argv: Sequence[str] | None = None,
 ) -> int:
-    """Parse ``argv``, call ``convert(args, common_kwargs)``; print the result or the error. Returns the exit status."""
+    """Parse ``argv``, call ``convert(args, common_kwargs)``; print its warnings (one line each) and the result or
+    the error. Returns the exit status."""
     args = parser.parse_args(argv)
     kwargs = common_kwargs(parser, args)
     try:
-        target = convert(args, kwargs)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ConversionWarning)
+            target = convert(args, kwargs)
     except (ConversionError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    finally:
+        for warning in caught:
+            print(f"warning: {warning.message}", file=sys.stderr)
     counts = ", ".join(
         f"{folder.name}: {len(list(folder.iterdir()))}" for folder in sorted(target.iterdir()) if folder.is_dir()
     )

@@ -10,6 +10,10 @@ import os
 from collections.abc import Sequence
 
 
+class ConversionWarning(UserWarning):
+    """Something the converted dataset holds that the user should know (the command line prints it as one line)."""
+
+
 class ConversionError(Exception):
     """Base class: anything a converter refuses to do; the command line prints the message and exits with 2."""
 
