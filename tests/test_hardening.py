@@ -8,6 +8,8 @@ import functools
 import json
 import os
 import stat
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,6 +32,7 @@ from conversion_replicas import (
 )
 from nibabel.filebasedimages import ImageFileError
 from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+from PIL import Image
 from test_evaluation import make_3d_dataset
 
 from nnunet_ext.cli import evaluate as evaluate_cli
@@ -92,6 +95,7 @@ def convert_fails(main, source: Path, output: Path, capsys, *options: str) -> st
     return stderr
 
 
+REPO = Path(__file__).resolve().parents[1]
 ACDC_PATIENT = Path("database/training/patient001")
 
 
@@ -358,3 +362,60 @@ def test_evaluate_names_a_malformed_dataset_json(tmp_path, capsys):
     broken.write_text('{"name": "no labels"}')
     with pytest.raises(SystemExit, match=r"broken\.json: not an nnU-Net dataset\.json \(no \"labels\" table\)"):
         evaluate(references, predictions, "-djfile", str(broken))
+
+
+# ------------------------------------------------------------------------------------------- 10: help texts
+COMMANDS = {
+    "nnUNetv2_ext_demo": "nnunet_ext.cli.demo",
+    "nnUNetv2_ext_benchmark": "nnunet_ext.cli.benchmark",
+    "nnUNetv2_ext_evaluate": "nnunet_ext.cli.evaluate",
+    "nnUNetv2_ext_compare": "nnunet_ext.cli.compare",
+    "nnUNetv2_ext_preprocess_unlabeled": "nnunet_ext.cli.preprocess_unlabeled",
+    "nnUNetv2_ext_ssl_split": "nnunet_ext.cli.ssl_split",
+    "nnUNetv2_ext_synthesize": "nnunet_ext.cli.synthesize",
+    "nnUNetv2_ext_convert_official_weights": "nnunet_ext.cli.convert_official_weights",
+    **{script.stem: f"dataset_conversion/{script.name}" for script in sorted(REPO.glob("dataset_conversion/*.py"))},
+}
+_HELP = """
+import runpy, sys, time
+start = time.perf_counter()
+sys.argv = [{name!r}, "--help"]
+try:
+    runpy.run_path({target!r}, run_name="__main__") if {target!r}.endswith(".py") else __import__({target!r},
+        fromlist=["main"]).main()
+except SystemExit as exit_status:
+    assert exit_status.code in (0, None), exit_status.code
+print("TIMING", time.perf_counter() - start, "torch" in sys.modules)
+"""
+
+
+@pytest.mark.parametrize(("name", "target"), COMMANDS.items(), ids=COMMANDS)
+def test_help_is_plain_and_answers_without_importing_torch(name, target):
+    code = _HELP.format(name=name, target=target)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert result.returncode == 0, result.stderr
+    text, timing = result.stdout.rsplit("TIMING", 1)
+    seconds, torch_imported = timing.split()
+    print(f"{name} --help: {float(seconds) * 1000:.0f} ms")
+    assert torch_imported == "False"
+    assert "usage:" in text and "(default: None)" not in text and " object at " not in text
+    assert "ValueMap(" not in text and "ColourMap(" not in text
+
+
+def test_option_errors_are_in_plain_words(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        flare.main(["-i", str(tmp_path), "--counts", "1,2"])
+    stderr = capsys.readouterr().err
+    assert "argument --counts: expected three positive counts train,val,test" in stderr and "parse_counts" not in stderr
+    with pytest.raises(SystemExit):
+        busi.main(["-i", str(tmp_path), "-d", "abc"])
+    assert "argument -d/--dataset-id: expected a whole number, got 'abc'" in capsys.readouterr().err
+
+
+def test_busi_mask_error_does_not_suggest_an_option_busi_lacks(tmp_path, capsys):
+    source = make_busi(tmp_path / "src", np.random.default_rng(0))
+    mask = source / "Dataset_BUSI_with_GT" / "benign" / "benign (2)_mask.png"
+    Image.fromarray((np.asarray(Image.open(mask)) > 0).astype(np.uint8) * 60).save(mask)
+    stderr = convert_fails(busi.main, source, tmp_path / "raw", capsys)
+    assert f"{mask}: unexpected label values: values {{0, 60}} are neither 0/1 nor 0/255: BUSI masks are" in stderr
+    assert "--label-map" not in stderr

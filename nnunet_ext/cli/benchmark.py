@@ -14,13 +14,13 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
-import torch
 from tqdm import tqdm
 
-from nnunet_ext.benchmark.measure import Measurement, measure_trainer
-from nnunet_ext.benchmark.op_classes import ARITHMETIC_CLASSES, OP_CLASSES
 from nnunet_ext.benchmark.presets import PRESETS, BenchmarkSetting, setting_from_plans, setting_from_preset
+from nnunet_ext.cli.common import HelpFormatter
 from nnunet_ext.registration import registered_trainer_names
+
+# torch and the measuring modules (which import it) are imported where used, so --help answers at once
 
 DEFAULT_TRAINER = "nnUNetTrainer"
 
@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
         "one patch), FLOPs of one train step (forward + backward, one batch), forward latency and train-step time "
         "(median over repeats, one batch), and peak memory of the train step. Each trainer runs in a fresh process. "
         "Prints a table (with train-step time relative to nnU-Net's default network) and writes JSON.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument(
         "-tr",
@@ -64,9 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--device",
-        default="cuda" if torch.cuda.is_available() else "cpu",
+        default=None,
         choices=["cpu", "cuda"],
-        help="device to measure on",
+        help="device to measure on (default: cuda if available, else cpu)",
     )
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch CPU threads")
     parser.add_argument("--warmup", type=int, default=2, help="untimed runs before timing")
@@ -132,6 +132,8 @@ def format_scheme_table(rows: list[dict]) -> str:
 def format_op_class_table(rows: list[dict]) -> str:
     """Markdown table of each trainer's train step by operation class: milliseconds inside the class's operations
     and, for the classes that do arithmetic, GFLOP/s."""
+    from nnunet_ext.benchmark.op_classes import ARITHMETIC_CLASSES, OP_CLASSES
+
     lines = []
     for row in rows:
         classes = row.get("op_classes") or {}
@@ -163,10 +165,14 @@ def run_benchmark(
     warmup: int,
     repeats: int,
     threads: int,
-    measure: Callable[..., dict] = measure_trainer,
+    measure: Callable[..., dict] | None = None,
 ) -> list[dict]:
-    """Measure every trainer in a fresh spawned process (isolated memory peak and no cross-talk). A process that
-    dies (e.g. killed for memory) gives a row with the error instead of stopping or hanging the benchmark."""
+    """Measure every trainer in a fresh spawned process (isolated memory peak and no cross-talk) with ``measure``
+    (default: ``measure_trainer``). A process that dies (e.g. killed for memory) gives a row with the error instead
+    of stopping or hanging the benchmark."""
+    from nnunet_ext.benchmark.measure import Measurement, measure_trainer
+
+    measure = measure or measure_trainer
     context = multiprocessing.get_context("spawn")
     rows = []
     for trainer in tqdm(trainers, desc="benchmark", unit="trainer"):
@@ -181,6 +187,9 @@ def run_benchmark(
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    import torch
+
+    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("nnUNetv2_ext_benchmark: --device cuda requested but CUDA is not available")
     if args.plans is not None:

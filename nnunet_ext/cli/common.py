@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 import warnings
 from collections.abc import Iterator
@@ -14,6 +15,17 @@ permissions) raise; reported as one line instead of a traceback."""
 
 EXIT_STATUS = 2
 """Exit status of a refused command (as argparse's for bad options and the dataset converters')."""
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` with the defaults that mean something: none is shown for options without one (None, False, "") or
+    whose help already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text.lower() or action.default in (None, False, ""):
+            return text
+        return super()._get_help_string(action)
 
 
 class CommandError(SystemExit):

@@ -12,9 +12,6 @@ from nnunetv2.utilities.file_path_utilities import get_output_folder
 
 from nnunet_ext.cli.common import exit_on_user_error, print_warnings
 from nnunet_ext.cli.evaluate import add_metric_arguments
-from nnunet_ext.evaluation.crossval import compare_trainers
-from nnunet_ext.evaluation.folders import EvaluationWarning
-from nnunet_ext.evaluation.reports import COMPARISON_JSON, check_report_folder, write_comparison_report
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,6 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    from nnunet_ext.evaluation.crossval import compare_trainers  # imports torch: after parsing, so --help is fast
+    from nnunet_ext.evaluation.folders import EvaluationWarning
+    from nnunet_ext.evaluation.reports import COMPARISON_JSON, check_report_folder, write_comparison_report
+
     with exit_on_user_error("nnUNetv2_ext_compare"), print_warnings("nnUNetv2_ext_compare", EvaluationWarning):
         if nnUNet_results is None or nnUNet_preprocessed is None:
             raise RuntimeError("set nnUNet_results and nnUNet_preprocessed (nnU-Net's set_environment_variables.md)")

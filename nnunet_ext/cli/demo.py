@@ -13,8 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from nnunet_ext.cli.common import exit_on_user_error, fail
-from nnunet_ext.data.synthetic import LABELS, SyntheticDatasetSpec, generate_synthetic_dataset
+from nnunet_ext.cli.common import HelpFormatter, exit_on_user_error, fail
 
 PROG = "nnUNetv2_ext_demo"
 MARKER = ".nnunet_ext_demo"
@@ -26,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Generate a small synthetic 2D dataset (3 foreground classes), plan and preprocess it with "
         "nnU-Net, train an nnunet_ext trainer on a shortened schedule (fold 0), predict the held-out test cases and "
         "print their per-class Dice. A few minutes on a 2-core CPU with the defaults.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument(
         "--workdir",
@@ -78,6 +77,8 @@ def prepare_workdir(workdir: Path) -> dict[str, str]:
 
 def dice_table(summary: dict) -> str:
     """Per-class Dice/IoU table (markdown) from an nnU-Net ``summary.json`` dict."""
+    from nnunet_ext.data.synthetic import LABELS
+
     names = {value: name for name, value in LABELS.items()}
     lines = ["| class | Dice | IoU |", "|---|---|---|"]
     for label, metrics in sorted(summary["mean"].items(), key=lambda item: int(item[0])):
@@ -110,6 +111,8 @@ def main(argv: list[str] | None = None) -> None:
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
     from nnunetv2.run.run_training import run_training
     from nnunetv2.utilities.file_path_utilities import get_output_folder
+
+    from nnunet_ext.data.synthetic import LABELS, SyntheticDatasetSpec, generate_synthetic_dataset
 
     device_name = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     if device_name == "cpu":

@@ -8,21 +8,12 @@ from collections import Counter
 from pathlib import Path
 
 from nnunetv2.configuration import default_num_processes
-from nnunetv2.imageio.reader_writer_registry import LIST_OF_IO_CLASSES
 
 from nnunet_ext.cli.common import exit_on_user_error, print_warnings
-from nnunet_ext.evaluation.folders import (
-    CaseWorkers,
-    ClassSet,
-    EvaluationSettings,
-    EvaluationWarning,
-    evaluate_folder,
-    find_reader,
-    labels_in_folder,
-)
 from nnunet_ext.evaluation.metrics import METRICS
 from nnunet_ext.evaluation.protocols import PROTOCOLS
-from nnunet_ext.evaluation.reports import EVALUATION_JSON, check_report_folder, write_evaluation_report
+
+# the evaluation itself (nnU-Net's readers, which import torch) is imported after parsing: --help answers at once
 
 PROG = "nnUNetv2_ext_evaluate"
 
@@ -133,6 +124,8 @@ def read_dataset_json(path: Path) -> dict:
 
 def guess_file_ending(folder: Path) -> str:
     """The nnU-Net file ending most files in ``folder`` have (longest match: ``.nii.gz`` before ``.gz``)."""
+    from nnunetv2.imageio.reader_writer_registry import LIST_OF_IO_CLASSES
+
     endings = {ending for io_class in LIST_OF_IO_CLASSES for ending in io_class.supported_file_endings}
     found = Counter(
         max((e for e in endings if p.name.lower().endswith(e)), key=len, default=None) for p in folder.iterdir()
@@ -145,6 +138,17 @@ def guess_file_ending(folder: Path) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    from nnunet_ext.evaluation.folders import (
+        CaseWorkers,
+        ClassSet,
+        EvaluationSettings,
+        EvaluationWarning,
+        evaluate_folder,
+        find_reader,
+        labels_in_folder,
+    )
+    from nnunet_ext.evaluation.reports import EVALUATION_JSON, check_report_folder, write_evaluation_report
+
     reference_folder, prediction_folder = Path(args.ref), Path(args.pred)
     with exit_on_user_error(PROG), print_warnings(PROG, EvaluationWarning):
         for folder in (reference_folder, prediction_folder):

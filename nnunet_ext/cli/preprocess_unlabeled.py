@@ -9,9 +9,8 @@ from nnunetv2.configuration import default_num_processes
 from nnunetv2.paths import nnUNet_raw
 from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
 
-from nnunet_ext.cli.common import exit_on_user_error, fail
+from nnunet_ext.cli.common import HelpFormatter, exit_on_user_error, fail
 from nnunet_ext.ssl.layout import POOL_RAW_FOLDERS
-from nnunet_ext.ssl.preprocessing import preprocess_pool
 
 PROG = "nnUNetv2_ext_preprocess_unlabeled"
 
@@ -26,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Re-running is incremental: cases already done are skipped, cases whose image was removed are deleted. "
         "Every case is validated (naming, file ending, channels, readable, geometry); invalid cases are listed "
         "with their files and not written, and the command then exits with status 2.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("-d", "--dataset", required=True, help="dataset ID or name (DatasetXXX_Name)")
     parser.add_argument(
@@ -52,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    from nnunet_ext.ssl.preprocessing import preprocess_pool  # imports torch: after parsing, so --help is fast
+
     if args.num_processes < 0:
         fail(PROG, "-np must be >= 0")
     with exit_on_user_error(PROG):

@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from nnunet_ext.cli.common import exit_on_user_error
-from nnunet_ext.ssl.splits import create_ssl_split_file
+from nnunet_ext.cli.common import HelpFormatter, exit_on_user_error
 
 PROG = "nnUNetv2_ext_ssl_split"
 
@@ -19,7 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
         "the unlabeled pool (their labels are never read); validation cases never enter a pool. Every class "
         "appears in each labeled subset when possible (a warning names those that cannot). Written to "
         "$nnUNet_preprocessed/DatasetXXX/splits_ssl.json and used by the semi-supervised trainers.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("-d", "--dataset", required=True, help="dataset ID or name (DatasetXXX_Name)")
     amount = parser.add_mutually_exclusive_group(required=True)
@@ -41,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    from nnunet_ext.ssl.splits import create_ssl_split_file  # imports torch: after parsing, so --help is fast
+
     with exit_on_user_error(PROG):
         path, content, warnings = create_ssl_split_file(
             args.dataset,

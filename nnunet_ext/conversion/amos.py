@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from nnunet_ext.conversion.cases import VolumeCase
-from nnunet_ext.conversion.cli import converter_parser, run
+from nnunet_ext.conversion.cli import argument_type, converter_parser, run
 from nnunet_ext.conversion.errors import MissingPartnerError, SourceLayoutError, SourceProblem
 from nnunet_ext.conversion.images_masks import read_name_list
 from nnunet_ext.conversion.splits import ProtocolSplit, parse_counts, random_partition
@@ -193,7 +193,9 @@ def build_parser(task: int) -> argparse.ArgumentParser:
     if task == 1:
         parser.add_argument("--protocol", choices=("nnunet", "guidednet"), default="nnunet", help="(see below)")
         parser.add_argument("--split-lists", type=Path, default=None, help="guidednet: folder with train/val/test.txt")
-        parser.add_argument("--counts", type=parse_counts, default=GUIDEDNET_COUNTS, help="guidednet: train,val,test")
+        parser.add_argument(
+            "--counts", type=argument_type(parse_counts), default=GUIDEDNET_COUNTS, help="guidednet: train,val,test"
+        )
         parser.add_argument("--seed", type=int, default=0, help="guidednet without --split-lists: split seed")
     return parser
 

@@ -14,19 +14,30 @@ import sys
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
+from nnunet_ext.cli.common import HelpFormatter
 from nnunet_ext.conversion.errors import ConversionError, ConversionWarning
+
+T = TypeVar("T")
+
+
+def _integer(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
 
 
 def _dataset_id(text: str) -> int:
-    value = int(text)
+    value = _integer(text)
     if not 0 < value < 1000:
         raise argparse.ArgumentTypeError(f"a dataset id is 1..999, got {value}")
     return value
 
 
 def _positive_int(text: str) -> int:
-    value = int(text)
+    value = _integer(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
@@ -35,30 +46,31 @@ def _positive_int(text: str) -> int:
 def _dataset_name(text: str) -> str:
     from nnunet_ext.conversion.writer import check_dataset_name
 
-    try:
-        return check_dataset_name(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from error
+    return argument_type(check_dataset_name)(text)
+
+
+def argument_type(parse: Callable[[str], T]) -> Callable[[str], T]:
+    """``parse`` as an argparse ``type=`` whose ValueError message is shown (instead of argparse's "invalid <function
+    name> value")."""
+
+    def parse_argument(text: str) -> T:
+        try:
+            return parse(text)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from error
+
+    return parse_argument
 
 
 def label_map_argument(text: str):
     """argparse ``type=`` for ``--label-map`` (see :func:`nnunet_ext.conversion.labels.parse_label_map`)."""
     from nnunet_ext.conversion.labels import parse_label_map
 
-    try:
-        return parse_label_map(text)
-    except (ValueError, OSError) as error:
-        raise argparse.ArgumentTypeError(str(error)) from error
+    return argument_type(parse_label_map)(text)
 
 
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Show meaningful defaults and keep the layout of the description/epilog (source trees)."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        text = action.help or ""
-        if "default" in text or action.default in (None, False, ""):
-            return text
-        return super()._get_help_string(action)
+class _HelpFormatter(HelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Meaningful defaults (see :class:`~nnunet_ext.cli.common.HelpFormatter`), the source trees' layout kept."""
 
 
 def converter_parser(

@@ -39,11 +39,13 @@ class BinaryMask:
     Rule (per file): values within {0, 1} are taken as they are; otherwise pixels above ``threshold`` are
     foreground (0/255 masks, including JPEG ringing and stray 1/254 values). A mask whose maximum lies in
     2..threshold is neither 0/1 nor 0/255 (a multi-class or dimmed mask) and raises
-    :class:`UnexpectedLabelError` instead of silently becoming empty. Colour masks use the channel maximum.
+    :class:`UnexpectedLabelError` instead of silently becoming empty; ``hint`` ends that message (what to do: the
+    converters with ``--label-map`` point to it). Colour masks use the channel maximum.
     """
 
     name: str = "foreground"
     threshold: int = 127
+    hint: str = "a multi-class mask needs --label-map"
 
     @property
     def labels(self) -> dict[str, int]:
@@ -57,7 +59,7 @@ class BinaryMask:
         if maximum <= self.threshold:
             raise UnexpectedLabelError(
                 path,
-                f"values {_value_summary(gray)} are neither 0/1 nor 0/255: a multi-class mask needs --label-map",
+                f"values {_value_summary(gray)} are neither 0/1 nor 0/255: {self.hint}",
             )
         return (gray > self.threshold).astype(np.uint8)
 
