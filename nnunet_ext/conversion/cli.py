@@ -11,12 +11,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
-from nnunet_ext.cli.common import HelpFormatter
+from nnunet_ext.cli.common import HelpFormatter, print_warnings
 from nnunet_ext.conversion.errors import ConversionError, ConversionWarning
 
 T = TypeVar("T")
@@ -133,15 +132,11 @@ def run(
     args = parser.parse_args(argv)
     kwargs = common_kwargs(parser, args)
     try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", ConversionWarning)
+        with print_warnings(parser.prog, ConversionWarning):
             target = convert(args, kwargs)
     except (ConversionError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    finally:
-        for warning in caught:
-            print(f"warning: {warning.message}", file=sys.stderr)
     counts = ", ".join(
         f"{folder.name}: {len(list(folder.iterdir()))}" for folder in sorted(target.iterdir()) if folder.is_dir()
     )
