@@ -44,6 +44,8 @@ def check_source_file(path: str | os.PathLike) -> None:
         check_complete(path)
     except InvalidFileError as error:
         raise UnreadableFileError(path, error.detail) from error
+    except OSError as error:
+        raise UnreadableFileError(path, f"cannot be read ({error.strerror or error})") from error
 
 
 def check_source_values(array: np.ndarray, path: str | os.PathLike) -> None:
