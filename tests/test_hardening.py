@@ -419,3 +419,10 @@ def test_busi_mask_error_does_not_suggest_an_option_busi_lacks(tmp_path, capsys)
     stderr = convert_fails(busi.main, source, tmp_path / "raw", capsys)
     assert f"{mask}: unexpected label values: values {{0, 60}} are neither 0/1 nor 0/255: BUSI masks are" in stderr
     assert "--label-map" not in stderr
+
+
+def test_tn3k_missing_last_fold_file_is_a_warning(tmp_path, capsys):
+    source = make_tn3k(tmp_path / "src", np.random.default_rng(0))
+    (source / "tn3k-trainval-fold1.json").unlink()
+    assert thyroid.main(["-i", str(source), "--output", str(tmp_path / "raw"), "--no-progress"]) == 0
+    assert "warning: 2 trainval image(s) are in no fold's 'val' (e.g. indices [2, 3])" in capsys.readouterr().err

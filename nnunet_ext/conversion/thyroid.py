@@ -8,7 +8,8 @@ Formats (``--format auto`` picks by the folders present):
   ``test-image/`` + ``test-mask/`` -> imagesTs/labelsTs (``test_0000``). The masks are JPEG: thresholded at >127.
   ``tn3k-trainval-fold{0..4}.json`` (``{"train": [i...], "val": [i...]}``, indices into the trainval images
   sorted by the integer value of their names) become ``splits_final.json``; folds numbered without gaps from 0,
-  indices in range, none repeated or in both train and val of a fold.
+  indices in range, none repeated or in both train and val of a fold; a warning names images that no fold
+  validates (a missing last fold file).
 - ``ddti``: the 637-image PNG release, ``[DDTI dataset/][DDTI/]1_or_data/{image,mask}/0000.PNG`` (uppercase
   suffix), or ``{image,mask}/`` directly (TRFE-Net's ``data/DDTI``). Everything to imagesTr.
 
@@ -20,13 +21,14 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import warnings
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
 from nnunet_ext.conversion import images_masks
 from nnunet_ext.conversion.cli import converter_parser, run
-from nnunet_ext.conversion.errors import SourceLayoutError, SourceProblem
+from nnunet_ext.conversion.errors import ConversionWarning, SourceLayoutError, SourceProblem
 from nnunet_ext.conversion.images import is_image_file
 from nnunet_ext.conversion.images_masks import FolderLayout, ImageMaskFolders, SourcePair, pair_folder
 from nnunet_ext.conversion.labels import BinaryMask, MaskLabels
@@ -120,11 +122,16 @@ def tn3k_pairs(source: Path) -> tuple[list[SourcePair], list[SourceProblem], lis
         raise SourceLayoutError(
             f"{source / 'trainval-image'}: fold files need integer image names ({error})"
         ) from error
-    splits = []
-    for fold_file in fold_files:
-        fold = read_tn3k_fold(fold_file, len(ordered))
-        splits.append({key: [ordered[i] for i in fold[key]] for key in ("train", "val")})
-    return pairs, problems, splits
+    folds = [read_tn3k_fold(fold_file, len(ordered)) for fold_file in fold_files]
+    never_validated = sorted(set(range(len(ordered))) - {i for fold in folds for i in fold["val"]})
+    if never_validated:
+        warnings.warn(
+            f"{len(never_validated)} trainval image(s) are in no fold's 'val' (e.g. indices {never_validated[:5]}): "
+            f"cross-validation folds cover every image once; is a fold file missing? (found {len(folds)})",
+            ConversionWarning,
+            stacklevel=2,
+        )
+    return pairs, problems, [{key: [ordered[i] for i in fold[key]] for key in ("train", "val")} for fold in folds]
 
 
 def build_parser() -> argparse.ArgumentParser:
