@@ -42,8 +42,8 @@ class ClassSet:
     classes: tuple[LabelOrRegion, ...]
     names: dict[str, str]
     ignore_label: int | None = None
-    label_values: frozenset[int] = frozenset()
-    """Every label value a segmentation may hold (background and the ignore label included)."""
+    label_values: frozenset[int] | None = None
+    """Every label value a segmentation may hold (background and the ignore label included); None: not checked."""
 
     @classmethod
     def from_label_manager(cls, label_manager: LabelManager) -> ClassSet:
@@ -212,7 +212,8 @@ def evaluate_case(
             "n_ref": int(np.count_nonzero(mask_ref)),
             "n_pred": int(np.count_nonzero(mask_pred)),
         }
-    unexpected = [_plain(v) for v in np.unique(prediction).tolist() if v not in classes.label_values]
+    allowed = classes.label_values
+    unexpected = [] if allowed is None else [_plain(v) for v in np.unique(prediction).tolist() if v not in allowed]
     return {
         "reference_file": str(reference_file),
         "prediction_file": str(prediction_file),
