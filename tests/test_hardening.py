@@ -49,6 +49,7 @@ from nnunet_ext.synthesis.images import read_case
 from nnunet_ext.synthesis.source import SynthesisInputError
 
 
+# ------------------------------------------------------------------------ 7: modes of what we write
 @contextmanager
 def umask(mask: int) -> Iterator[None]:
     previous = os.umask(mask)
