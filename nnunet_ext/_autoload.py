@@ -1,24 +1,22 @@
 """Startup hook: makes nnU-Net's trainer lookup find registered trainers.
 
-Imported at every interpreter start by the one-line ``nnunet_ext_autoload.pth`` in site-packages. It imports
-neither torch nor nnunetv2: it only places a meta-path finder that waits for
-``nnunetv2.utilities.find_objects`` to be imported and then patches it (see :mod:`nnunet_ext._patch`).
+Imported at every interpreter start by the one-line ``nnunet_ext_autoload.pth`` in site-packages, so it must
+cost next to nothing: it imports no module at all (``sys`` is built in and already loaded), neither torch nor
+nnunetv2 nor ``importlib.abc``. It only places a meta-path finder (a plain class with ``find_spec``, the protocol
+``importlib.abc.MetaPathFinder`` describes) that waits for ``nnunetv2.utilities.find_objects`` to be imported and
+then patches it (see :mod:`nnunet_ext._patch`, imported only then).
 """
 
-from __future__ import annotations
-
-import importlib.abc
-import importlib.machinery
 import sys
-import types
 
 TARGET_MODULE = "nnunetv2.utilities.find_objects"
 
 
-class _FindObjectsPatcher(importlib.abc.MetaPathFinder):
+class _FindObjectsPatcher:
     """Meta-path finder that patches ``nnunetv2.utilities.find_objects`` right after it executes."""
 
-    def find_spec(self, fullname: str, path=None, target=None) -> importlib.machinery.ModuleSpec | None:
+    def find_spec(self, fullname, path=None, target=None):
+        """The spec the other finders give ``TARGET_MODULE``, its loader wrapped to patch the module; else None."""
         if fullname != TARGET_MODULE:
             return None
         spec = None
@@ -32,7 +30,7 @@ class _FindObjectsPatcher(importlib.abc.MetaPathFinder):
             return None
         original_exec_module = spec.loader.exec_module
 
-        def exec_module(module: types.ModuleType) -> None:
+        def exec_module(module):
             original_exec_module(module)
             from nnunet_ext._patch import patch_find_objects
 

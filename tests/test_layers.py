@@ -12,7 +12,17 @@ PACKAGE = Path(nnunet_ext.__file__).parent
 
 #: bottom to top; a top-level module or sub-package of nnunet_ext belongs to exactly one layer
 LAYERS: list[set[str]] = [
-    {"__init__", "_autoload", "_patch", "install_hook", "registration", "checkpoints", "data", "timing"},
+    {
+        "__init__",
+        "_autoload",
+        "_patch",
+        "install_hook",
+        "registration",
+        "checkpoints",
+        "command_line",
+        "data",
+        "timing",
+    },
     {"networks"},
     {"ssl", "conversion", "evaluation", "official"},
     {"trainers", "synthesis"},

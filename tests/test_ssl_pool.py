@@ -127,7 +127,7 @@ def test_geometry_errors_name_the_file(tmp_path):
     ]
     with pytest.raises(PoolValidationError, match=r"spacing_0001\.mha: shape \(6, 16, 16\) / spacing \(2\.0"):
         read_pool_case(cases["spacing"], SimpleITKIO, 2, training_is_2d=False)
-    with pytest.raises(PoolValidationError, match=r"nan_0000\.mha, .*nan_0001\.mha: image contains NaN"):
+    with pytest.raises(PoolValidationError, match=r"nan_0000\.mha, .*nan_0001\.mha: 1 voxel\(s\) are NaN or infinite"):
         read_pool_case(cases["nan"], SimpleITKIO, 2, training_is_2d=False)
     with pytest.raises(PoolValidationError, match=r"image of shape \(6, 16, 16\) in a 2D dataset"):
         read_pool_case(cases["nan"], SimpleITKIO, 2, training_is_2d=True)
@@ -213,7 +213,7 @@ def test_cli_with_worker_processes_writes_valid_cases_and_names_invalid_ones(poo
         "nnUNetv2_ext_preprocess_unlabeled",
         *("-d", str(POOL_DATASET_ID), "-c", "2d", "--pool", "synthetic", "-np", "2"),
     )
-    assert result.returncode == 1, result.stderr
+    assert result.returncode == 2, result.stderr
     assert "1 preprocessed" in result.stdout and "1 failed" in result.stdout
     assert f"{raw / 'imagesSynth' / 'ldm_001_0000.png'}: cannot be read" in result.stdout
     assert "Preprocessing pool 'synthetic'" in result.stderr  # the progress bar
@@ -231,7 +231,7 @@ def test_cli_reports_naming_errors_before_touching_the_pool(pool_dataset, nnunet
             preprocess_unlabeled.main(["-d", str(POOL_DATASET_ID), "-c", "2d", "--pool", "real", "--overwrite"])
     finally:
         bad.unlink()
-    assert str(exit_status.value.code).startswith(
+    assert str(exit_status.value).startswith(
         f"nnUNetv2_ext_preprocess_unlabeled: error: {bad}: not named {{case}}_{{XXXX}}.png"
     )
     pool = nnunet_paths.preprocessed / pool_dataset.folder_name / "nnUNetPlans_2d_unlabeled" / "real"

@@ -149,13 +149,13 @@ def test_existing_split_is_kept_unless_overwritten(split_dataset, nnunet_paths):
     before = path.read_text()
     with pytest.raises(SystemExit) as exit_status:
         ssl_split.main(["-d", str(SPLIT_DATASET_ID), "--labeled-count", "5"])
-    assert "splits_ssl.json exists; pass --overwrite" in str(exit_status.value.code)
+    assert "splits_ssl.json exists; pass --overwrite" in str(exit_status.value)
     assert path.read_text() == before
     ssl_split.main(["-d", str(SPLIT_DATASET_ID), "--labeled-count", "5", "--overwrite"])
     assert all(len(fold["labeled"]) == 5 for fold in json.loads(path.read_text())["folds"])
     with pytest.raises(SystemExit) as exit_status:
         ssl_split.main(["-d", str(SPLIT_DATASET_ID), "--labeled-count", "50", "--overwrite"])
-    assert "labeled count 50 is not within 1..1" in str(exit_status.value.code)
+    assert "labeled count 50 is not within 1..1" in str(exit_status.value)
 
 
 def test_trainer_side_checks_of_the_split_file(split_dataset, nnunet_paths):
@@ -171,3 +171,12 @@ def test_trainer_side_checks_of_the_split_file(split_dataset, nnunet_paths):
     with pytest.raises(SplitMismatchError, match=r"derived from another splits_final\.json"):
         load_ssl_fold(preprocessed, 1, split["train"][1:], [*split["val"], split["train"][0]])
     assert load_ssl_fold(preprocessed.parent / "elsewhere", 1, split["train"], split["val"]) is None
+
+
+def test_missing_dataset_or_configuration_is_one_line_and_status_2(split_dataset, nnunet_paths, capsys):
+    for arguments, named in ((["-d", "987"], "987"), (["-d", str(SPLIT_DATASET_ID), "-c", "3d_missing"], "3d_missing")):
+        with pytest.raises(SystemExit) as exit_status:
+            ssl_split.main([*arguments, "--labeled-count", "2", "--overwrite"])
+        stderr = capsys.readouterr().err
+        assert exit_status.value.code == 2, stderr
+        assert stderr.startswith("nnUNetv2_ext_ssl_split: error: ") and named in stderr and "Traceback" not in stderr

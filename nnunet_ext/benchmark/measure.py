@@ -45,6 +45,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
+from nnunet_ext.benchmark.modes import EAGER, StepMode
 from nnunet_ext.benchmark.op_classes import op_class_breakdown
 from nnunet_ext.benchmark.presets import BenchmarkSetting
 from nnunet_ext.benchmark.trainer_step import deep_supervision_targets, initialised_trainer, trainer_train_step
@@ -76,26 +77,6 @@ class Measurement:
 
     def as_dict(self) -> dict:
         return asdict(self)
-
-
-@dataclass(frozen=True)
-class StepMode:
-    """How the train step runs: ``torch.compile``-d networks (inductor) and/or autocast to ``amp`` (``"float16"``
-    with a GradScaler, or ``"bfloat16"``); the default is eager float32 (on CUDA nnU-Net's own float16 autocast)."""
-
-    compile: bool = False
-    amp: str | None = None
-
-    @property
-    def name(self) -> str:
-        return "+".join(["compiled" if self.compile else "eager", *([self.amp] if self.amp else [])])
-
-    @property
-    def autocast_dtype(self) -> torch.dtype | None:
-        return getattr(torch, self.amp) if self.amp else None
-
-
-EAGER = StepMode()
 
 
 def graph_breaks(network: nn.Module, x: torch.Tensor) -> tuple[int, list[str]]:

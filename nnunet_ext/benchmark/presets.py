@@ -10,9 +10,10 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from nnunetv2.experiment_planning.experiment_planners.network_topology import get_pool_and_conv_props
-from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
+if TYPE_CHECKING:  # nnunetv2's plans modules import torch: imported where used, so --help stays fast
+    from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,8 @@ PRESETS: dict[str, BenchmarkPreset] = {
 
 def plans_for_preset(name: str, preset: BenchmarkPreset) -> dict:
     """A plans dict with one configuration ``name`` holding nnU-Net's default network for ``preset``."""
+    from nnunetv2.experiment_planning.experiment_planners.network_topology import get_pool_and_conv_props
+
     spacing = preset.spacing or (1.0,) * len(preset.patch_size)
     dim = len(preset.patch_size)
     _, strides, kernels, patch_size, _ = get_pool_and_conv_props(spacing, preset.patch_size, 4, 999999)
@@ -105,6 +108,8 @@ class BenchmarkSetting:
 
     @property
     def plans_manager(self) -> PlansManager:
+        from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
         return PlansManager(self.plans)
 
     @property
@@ -148,6 +153,8 @@ def setting_from_plans(
             raise FileNotFoundError(
                 f"{dataset_json_file} not found: pass --input-channels and --num-classes for {plans_file}"
             )
+        from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
         dataset_json = json.loads(dataset_json_file.read_text())
         label_manager = PlansManager(plans).get_label_manager(dataset_json)
         input_channels = input_channels or len(dataset_json["channel_names"])

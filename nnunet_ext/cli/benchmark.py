@@ -14,13 +14,14 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
-import torch
 from tqdm import tqdm
 
-from nnunet_ext.benchmark.measure import EAGER, Measurement, StepMode, measure_trainer
-from nnunet_ext.benchmark.op_classes import ARITHMETIC_CLASSES, OP_CLASSES
+from nnunet_ext.benchmark.modes import EAGER, StepMode
 from nnunet_ext.benchmark.presets import PRESETS, BenchmarkSetting, setting_from_plans, setting_from_preset
+from nnunet_ext.command_line import HelpFormatter
 from nnunet_ext.registration import registered_trainer_names
+
+# torch and the measuring modules (which import it) are imported where used, so --help answers at once
 
 DEFAULT_TRAINER = "nnUNetTrainer"
 
@@ -32,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
         "one patch), FLOPs of one train step (forward + backward, one batch), forward latency and train-step time "
         "(median over repeats, one batch), and peak memory of the train step. Each trainer runs in a fresh process. "
         "Prints a table (with train-step time relative to nnU-Net's default network) and writes JSON.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument(
         "-tr",
@@ -64,9 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--device",
-        default="cuda" if torch.cuda.is_available() else "cpu",
+        default=None,
         choices=["cpu", "cuda"],
-        help="device to measure on",
+        help="device to measure on (default: cuda if available, else cpu)",
     )
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch CPU threads")
     parser.add_argument("--warmup", type=int, default=2, help="untimed runs before timing")
@@ -199,6 +200,8 @@ def format_graph_break_table(rows: list[dict]) -> str:
 def format_op_class_table(rows: list[dict]) -> str:
     """Markdown table of each trainer's train step by operation class: milliseconds inside the class's operations
     and, for the classes that do arithmetic, GFLOP/s."""
+    from nnunet_ext.benchmark.op_classes import ARITHMETIC_CLASSES, OP_CLASSES
+
     lines = []
     for row in rows:
         classes = row.get("op_classes") or {}
@@ -230,13 +233,16 @@ def run_benchmark(
     warmup: int,
     repeats: int,
     threads: int,
-    measure: Callable[..., dict] = measure_trainer,
+    measure: Callable[..., dict] | None = None,
     modes: list[StepMode] = (EAGER,),
     count_graph_breaks: bool = False,
 ) -> list[dict]:
     """Measure every trainer in every mode, each in a fresh spawned process (isolated memory peak and no
-    cross-talk). A process that dies (e.g. killed for memory) gives a row with the error instead of stopping or
-    hanging the benchmark."""
+    cross-talk), with ``measure`` (default: ``measure_trainer``). A process that dies (e.g. killed for memory) gives a
+    row with the error instead of stopping or hanging the benchmark."""
+    from nnunet_ext.benchmark.measure import Measurement, measure_trainer
+
+    measure = measure or measure_trainer
     context = multiprocessing.get_context("spawn")
     rows = []
     runs = [(trainer, mode) for trainer in trainers for mode in modes]
@@ -255,6 +261,9 @@ def run_benchmark(
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    import torch
+
+    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("nnUNetv2_ext_benchmark: --device cuda requested but CUDA is not available")
     if args.plans is not None:
@@ -276,9 +285,8 @@ def main(argv: list[str] | None = None) -> None:
         args.warmup,
         args.repeats,
         args.threads,
-        measure_trainer,
-        modes,
-        args.graph_breaks,
+        modes=modes,
+        count_graph_breaks=args.graph_breaks,
     )
     eager_rows = [row for row in rows if row["mode"] == "eager"]
     reference = next((r for r in eager_rows if r["trainer"] == DEFAULT_TRAINER and not r["error"]), None)

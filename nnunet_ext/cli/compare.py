@@ -10,10 +10,8 @@ from nnunetv2.paths import nnUNet_preprocessed, nnUNet_results
 from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
 from nnunetv2.utilities.file_path_utilities import get_output_folder
 
-from nnunet_ext.cli.common import exit_on_user_error
 from nnunet_ext.cli.evaluate import add_metric_arguments
-from nnunet_ext.evaluation.crossval import compare_trainers
-from nnunet_ext.evaluation.reports import COMPARISON_JSON, check_report_folder, write_comparison_report
+from nnunet_ext.command_line import exit_on_user_error, print_warnings
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "-o",
         default=None,
-        help="output folder (replaced if it holds an earlier comparison). "
+        help="output folder: new, empty, or holding an earlier comparison, whose files are replaced (other files "
+        "stay). "
         "Default: $nnUNet_results/DatasetXXX/ext_compare__PLANS__CONFIGURATION",
     )
     parser.add_argument(
@@ -51,7 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    with exit_on_user_error("nnUNetv2_ext_compare"):
+    from nnunet_ext.evaluation.crossval import compare_trainers  # imports torch: after parsing, so --help is fast
+    from nnunet_ext.evaluation.folders import EvaluationWarning
+    from nnunet_ext.evaluation.reports import COMPARISON_JSON, check_report_folder, write_comparison_report
+
+    with exit_on_user_error("nnUNetv2_ext_compare"), print_warnings("nnUNetv2_ext_compare", EvaluationWarning):
         if nnUNet_results is None or nnUNet_preprocessed is None:
             raise RuntimeError("set nnUNet_results and nnUNet_preprocessed (nnU-Net's set_environment_variables.md)")
         dataset_name = maybe_convert_to_dataset_name(args.d)

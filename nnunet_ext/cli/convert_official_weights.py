@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from nnunet_ext.cli.common import exit_on_user_error
+from nnunet_ext.command_line import HelpFormatter, exit_on_user_error
 from nnunet_ext.official import ARCHITECTURES, official_architecture
-from nnunet_ext.official.convert import convert_state_dict, load_official_state_dict, write_pretrained_weights
 
 PROG = "nnUNetv2_ext_convert_official_weights"
 
@@ -22,7 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
         "other official tensor our network has no place for is an error. Segmentation heads the official weights "
         "cannot fill (deep-supervision heads; all heads when --num-classes differs from the official class count) "
         f"keep our default initialisation and are listed. Architectures: {architectures}.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--arch", required=True, choices=list(ARCHITECTURES), help="architecture of the weights")
     parser.add_argument(
@@ -61,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    from nnunet_ext.official.convert import convert_state_dict, load_official_state_dict, write_pretrained_weights
+
     with exit_on_user_error(PROG):
         for option in ("num_classes", "input_channels"):
             value = getattr(args, option)

@@ -13,18 +13,19 @@ import sys
 import time
 from pathlib import Path
 
-from nnunet_ext.data.synthetic import LABELS, SyntheticDatasetSpec, generate_synthetic_dataset
+from nnunet_ext.command_line import HelpFormatter, exit_on_user_error, fail
 
+PROG = "nnUNetv2_ext_demo"
 MARKER = ".nnunet_ext_demo"
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="nnUNetv2_ext_demo",
+        prog=PROG,
         description="Generate a small synthetic 2D dataset (3 foreground classes), plan and preprocess it with "
         "nnU-Net, train an nnunet_ext trainer on a shortened schedule (fold 0), predict the held-out test cases and "
         "print their per-class Dice. A few minutes on a 2-core CPU with the defaults.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument(
         "--workdir",
@@ -63,9 +64,7 @@ def prepare_workdir(workdir: Path) -> dict[str, str]:
     """
     if workdir.exists() and any(workdir.iterdir()):
         if not (workdir / MARKER).is_file():
-            raise SystemExit(
-                f"nnUNetv2_ext_demo: {workdir} is not empty and not a demo folder; choose another --workdir"
-            )
+            fail(PROG, f"{workdir} is not empty and not a demo folder; choose another --workdir")
         shutil.rmtree(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / MARKER).write_text("created by nnUNetv2_ext_demo; deleted and re-created on every demo run\n")
@@ -78,6 +77,8 @@ def prepare_workdir(workdir: Path) -> dict[str, str]:
 
 def dice_table(summary: dict) -> str:
     """Per-class Dice/IoU table (markdown) from an nnU-Net ``summary.json`` dict."""
+    from nnunet_ext.data.synthetic import LABELS
+
     names = {value: name for name, value in LABELS.items()}
     lines = ["| class | Dice | IoU |", "|---|---|---|"]
     for label, metrics in sorted(summary["mean"].items(), key=lambda item: int(item[0])):
@@ -91,7 +92,8 @@ def dice_table(summary: dict) -> str:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     started = time.perf_counter()
-    os.environ.update(prepare_workdir(args.workdir))
+    with exit_on_user_error(PROG, (OSError,)):
+        os.environ.update(prepare_workdir(args.workdir))
     os.environ.update(
         {
             "nnUNet_ext_num_epochs": str(args.epochs),
@@ -109,6 +111,8 @@ def main(argv: list[str] | None = None) -> None:
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
     from nnunetv2.run.run_training import run_training
     from nnunetv2.utilities.file_path_utilities import get_output_folder
+
+    from nnunet_ext.data.synthetic import LABELS, SyntheticDatasetSpec, generate_synthetic_dataset
 
     device_name = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     if device_name == "cpu":

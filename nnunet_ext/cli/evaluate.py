@@ -3,25 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import json
 from collections import Counter
 from pathlib import Path
 
-from batchgenerators.utilities.file_and_folder_operations import load_json
 from nnunetv2.configuration import default_num_processes
-from nnunetv2.imageio.reader_writer_registry import LIST_OF_IO_CLASSES
 
-from nnunet_ext.cli.common import exit_on_user_error
-from nnunet_ext.evaluation.folders import (
-    CaseWorkers,
-    ClassSet,
-    EvaluationSettings,
-    evaluate_folder,
-    find_reader,
-    labels_in_folder,
-)
+from nnunet_ext.command_line import exit_on_user_error, print_warnings
 from nnunet_ext.evaluation.metrics import METRICS
 from nnunet_ext.evaluation.protocols import PROTOCOLS
-from nnunet_ext.evaluation.reports import EVALUATION_JSON, check_report_folder, write_evaluation_report
+
+# the evaluation itself (nnU-Net's readers, which import torch) is imported after parsing: --help answers at once
+
+PROG = "nnUNetv2_ext_evaluate"
 
 
 def metric_list(text: str) -> list[str]:
@@ -68,7 +62,7 @@ def add_metric_arguments(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="nnUNetv2_ext_evaluate",
+        prog=PROG,
         description="Per case and per class Dice, IoU, HD95, ASSD and NSD (spacing-aware, 2D and 3D) of predicted "
         "segmentations, with an explicit empty-mask policy per protocol. Writes metrics.json (nnU-Net summary.json "
         "layout), metrics_per_case.csv, summary.md and a box plot per metric.",
@@ -84,29 +78,54 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "-o",
         default=None,
-        help="output folder (replaced if it holds an earlier report). Default: PRED/ext_evaluation_PROTOCOL",
+        help="output folder: new, empty, or holding an earlier report, whose files are replaced (other files stay). "
+        "Default: PRED/ext_evaluation_PROTOCOL",
     )
     parser.add_argument(
-        "--chill", action="store_true", help="evaluate the predictions present even if some references have none"
+        "--chill",
+        action="store_true",
+        help="evaluate the cases that have both files: references without a prediction and predictions without a "
+        "reference (named in a warning) are left out",
     )
     add_metric_arguments(parser)
     return parser
 
 
 def find_dataset_json(djfile: str | None, prediction_folder: Path, reference_folder: Path) -> dict | None:
+    """``-djfile``, else ``PRED/dataset.json``, else ``REF/../dataset.json`` (read and checked), else None.
+
+    Raises:
+        FileNotFoundError: ``-djfile`` does not exist.
+        ValueError: the file is not JSON, or lacks nnU-Net's ``labels`` or ``file_ending``; naming the file.
+    """
     if djfile is not None:
         if not Path(djfile).is_file():
             raise FileNotFoundError(f"dataset.json {djfile} not found")
-        return load_json(djfile)
+        return read_dataset_json(Path(djfile))
     for candidate in (prediction_folder / "dataset.json", reference_folder.parent / "dataset.json"):
         if candidate.is_file():
             print(f"using {candidate}")
-            return load_json(str(candidate))
+            return read_dataset_json(candidate)
     return None
+
+
+def read_dataset_json(path: Path) -> dict:
+    """An nnU-Net ``dataset.json`` with ``labels`` and ``file_ending``; a ValueError names the file otherwise."""
+    try:
+        dataset_json = json.loads(path.read_text())
+    except ValueError as error:
+        raise ValueError(f"{path}: not valid JSON ({error})") from error
+    if not isinstance(dataset_json, dict) or not isinstance(dataset_json.get("labels"), dict):
+        raise ValueError(f'{path}: not an nnU-Net dataset.json (no "labels" table)')
+    if not isinstance(dataset_json.get("file_ending"), str):
+        raise ValueError(f'{path}: not an nnU-Net dataset.json (no "file_ending")')
+    return dataset_json
 
 
 def guess_file_ending(folder: Path) -> str:
     """The nnU-Net file ending most files in ``folder`` have (longest match: ``.nii.gz`` before ``.gz``)."""
+    from nnunetv2.imageio.reader_writer_registry import LIST_OF_IO_CLASSES
+
     endings = {ending for io_class in LIST_OF_IO_CLASSES for ending in io_class.supported_file_endings}
     found = Counter(
         max((e for e in endings if p.name.lower().endswith(e)), key=len, default=None) for p in folder.iterdir()
@@ -119,8 +138,19 @@ def guess_file_ending(folder: Path) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    from nnunet_ext.evaluation.folders import (
+        CaseWorkers,
+        ClassSet,
+        EvaluationSettings,
+        EvaluationWarning,
+        evaluate_folder,
+        find_reader,
+        labels_in_folder,
+    )
+    from nnunet_ext.evaluation.reports import EVALUATION_JSON, check_report_folder, write_evaluation_report
+
     reference_folder, prediction_folder = Path(args.ref), Path(args.pred)
-    with exit_on_user_error("nnUNetv2_ext_evaluate"):
+    with exit_on_user_error(PROG), print_warnings(PROG, EvaluationWarning):
         for folder in (reference_folder, prediction_folder):
             if not folder.is_dir():
                 raise FileNotFoundError(f"{folder} is not a folder")

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from nnunetv2.configuration import default_num_processes
 from nnunetv2.paths import nnUNet_raw
 from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
 
+from nnunet_ext.command_line import HelpFormatter, exit_on_user_error, fail
 from nnunet_ext.ssl.layout import POOL_RAW_FOLDERS
-from nnunet_ext.ssl.preprocessing import StalePoolError, preprocess_pool
-from nnunet_ext.ssl.raw_pool import PoolValidationError
 
 PROG = "nnUNetv2_ext_preprocess_unlabeled"
 
@@ -26,8 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
         "$nnUNet_preprocessed/DatasetXXX/{data_identifier}_unlabeled/{pool}/, for the semi-supervised trainers. "
         "Re-running is incremental: cases already done are skipped, cases whose image was removed are deleted. "
         "Every case is validated (naming, file ending, channels, readable, geometry); invalid cases are listed "
-        "with their files and not written, and the command then exits with status 1.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        "with their files and not written, and the command then exits with status 2.",
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("-d", "--dataset", required=True, help="dataset ID or name (DatasetXXX_Name)")
     parser.add_argument(
@@ -53,9 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    from nnunet_ext.ssl.preprocessing import preprocess_pool  # imports torch: after parsing, so --help is fast
+
     if args.num_processes < 0:
-        sys.exit(f"{PROG}: -np must be >= 0")
-    try:
+        fail(PROG, "-np must be >= 0")
+    with exit_on_user_error(PROG):
         dataset_name = maybe_convert_to_dataset_name(args.dataset)
         pools = _pools(dataset_name, args.pool)
         failed = False
@@ -66,10 +66,8 @@ def main(argv: list[str] | None = None) -> None:
                 )
                 print(f"[{configuration}] {report.summary()}")
                 failed |= bool(report.failed)
-    except (PoolValidationError, StalePoolError, FileNotFoundError, RuntimeError, ValueError) as error:
-        sys.exit(f"{PROG}: error: {error}")
     if failed:
-        sys.exit(f"{PROG}: some cases failed validation (listed above) and were not preprocessed")
+        fail(PROG, "some cases failed validation (listed above) and were not preprocessed")
 
 
 def _pools(dataset_name: str, pool: str) -> list[str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from nnunet_ext.ssl.splits import create_ssl_split_file
+from nnunet_ext.command_line import HelpFormatter, exit_on_user_error
 
 PROG = "nnUNetv2_ext_ssl_split"
 
@@ -18,7 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
         "the unlabeled pool (their labels are never read); validation cases never enter a pool. Every class "
         "appears in each labeled subset when possible (a warning names those that cannot). Written to "
         "$nnUNet_preprocessed/DatasetXXX/splits_ssl.json and used by the semi-supervised trainers.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("-d", "--dataset", required=True, help="dataset ID or name (DatasetXXX_Name)")
     amount = parser.add_mutually_exclusive_group(required=True)
@@ -40,7 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    try:
+    from nnunet_ext.ssl.splits import create_ssl_split_file  # imports torch: after parsing, so --help is fast
+
+    with exit_on_user_error(PROG):
         path, content, warnings = create_ssl_split_file(
             args.dataset,
             args.labeled_fraction,
@@ -50,8 +52,6 @@ def main(argv: list[str] | None = None) -> None:
             args.configuration,
             args.overwrite,
         )
-    except (FileExistsError, FileNotFoundError, ValueError) as error:
-        sys.exit(f"{PROG}: error: {error}")
     for warning in warnings:
         print(f"WARNING: {warning}", file=sys.stderr)
     for fold, entry in enumerate(content["folds"]):

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from pathlib import Path
 
-import torch
+from nnunet_ext.command_line import HelpFormatter, exit_on_user_error
+from nnunet_ext.synthesis.presets import PRESETS, WEIGHTS_VARIABLE
 
-from nnunet_ext.synthesis.perceptual import WEIGHTS_VARIABLE
-from nnunet_ext.synthesis.presets import PRESETS
+# torch (and everything importing it) is imported after parsing, so --help answers at once
 
 
 def fold(value: str) -> int | str:
@@ -33,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
         "folder $nnUNet_results/DatasetXXX/nnUNetv2_ext_synthesize__PRESET__foldF/. The dataset must be planned "
         "(nnUNetv2_plan_and_preprocess); 3D datasets are sliced along the 2d configuration's axis and get "
         "single-slice volumes.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("-d", "--dataset", required=True, help="dataset id or DatasetXXX_Name")
     parser.add_argument("-c", "--configuration", default="2d", help="a 2D configuration of the plans")
@@ -59,8 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--device",
         choices=["cpu", "cuda"],
-        default="cuda" if torch.cuda.is_available() else "cpu",
-        help="device to train and sample on",
+        default=None,
+        help="device to train and sample on (default: cuda if available, else cpu)",
     )
     parser.add_argument(
         "--resume",
@@ -103,6 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    import torch
+
     from nnunet_ext.synthesis.pipeline import SynthesisOptions, synthesize
     from nnunet_ext.synthesis.source import SynthesisInputError
 
@@ -113,7 +114,7 @@ def main(argv: list[str] | None = None) -> None:
         fold=args.fold,
         plans=args.plans,
         preset=args.preset,
-        device=args.device,
+        device=args.device or ("cuda" if torch.cuda.is_available() else "cpu"),
         resume=args.resume,
         seed=args.seed,
         shard=args.shard,
@@ -127,10 +128,8 @@ def main(argv: list[str] | None = None) -> None:
         class_labels=args.class_labels,
         perceptual_weights=args.perceptual_weights,
     )
-    try:
+    with exit_on_user_error("nnUNetv2_ext_synthesize", (SynthesisInputError, OSError)):
         result = synthesize(options)
-    except (SynthesisInputError, FileNotFoundError) as error:
-        sys.exit(f"nnUNetv2_ext_synthesize: {error}")
     print(f"model: {result.model_folder}")
     if result.provenance is not None:
         print(f"{len(result.cases)} synthetic images: {result.provenance.parent}")

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -35,7 +36,7 @@ import numpy as np
 
 from nnunet_ext.conversion.cases import ArrayVolumeCase, Case, VolumeCase
 from nnunet_ext.conversion.cli import converter_parser, run
-from nnunet_ext.conversion.errors import MissingPartnerError, SourceLayoutError, SourceProblem
+from nnunet_ext.conversion.errors import ConversionWarning, MissingPartnerError, SourceLayoutError, SourceProblem
 from nnunet_ext.conversion.writer import DatasetDescription, convert_dataset
 
 DATASET_ID, NAME = 27, "ACDC"
@@ -47,9 +48,18 @@ _NPZ_NAME = re.compile(r"^case_(?P<patient>\d+)_(?:slice(?P<phase>ED|ES)_(?P<ind
 
 def acdc_split(case_ids: Sequence[str], seed: int = 1234) -> list[dict[str, list[str]]]:
     """nnU-Net's ``create_ACDC_split``: patients (first 10 characters) shuffled with ``RandomState(seed)``,
-    fold k validates on ``patients[k::5]``. Cases are listed in sorted order, as nnU-Net lists ``labelsTr``."""
+    fold k validates on ``patients[k::5]``. Cases are listed in sorted order, as nnU-Net lists ``labelsTr``. With
+    fewer than 5 patients the last folds have no validation case: a :class:`ConversionWarning` says which."""
     cases = sorted(case_ids)
     patients = np.unique([case[: len("patient000")] for case in cases])
+    if len(patients) < 5:
+        warnings.warn(
+            f"only {len(patients)} training patient(s): folds {', '.join(map(str, range(len(patients), 5)))} of "
+            "the 5-fold splits_final.json have no validation case (nnU-Net cannot validate them); train on the "
+            "other folds or add patients",
+            ConversionWarning,
+            stacklevel=2,
+        )
     np.random.RandomState(seed).shuffle(patients)
     splits = []
     for fold in range(5):

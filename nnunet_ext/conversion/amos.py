@@ -25,11 +25,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
 from nnunet_ext.conversion.cases import VolumeCase
-from nnunet_ext.conversion.cli import converter_parser, run
+from nnunet_ext.conversion.cli import argument_type, converter_parser, run
 from nnunet_ext.conversion.errors import MissingPartnerError, SourceLayoutError, SourceProblem
 from nnunet_ext.conversion.images_masks import read_name_list
 from nnunet_ext.conversion.splits import ProtocolSplit, parse_counts, random_partition
@@ -50,6 +51,7 @@ FOLDERS = {
     "test": ("imagesTs", None, "Ts"),
 }
 GUIDEDNET_COUNTS = (180, 60, 60)
+_CASE = re.compile(r"amos_\d+\.nii\.gz")
 DESCRIPTION = (
     "AMOS 2022 as released after the challenge (with validation labels); validation cases merged into training "
     "for nnU-Net's 5-fold cross-validation, as nnU-Net's own Dataset218/219 converters do."
@@ -68,10 +70,32 @@ def load_source_json(source: Path) -> dict:
         data = json.loads(path.read_text())
     except ValueError as error:
         raise SourceLayoutError(f"{path}: not valid JSON ({error})") from error
+    if not isinstance(data, dict):
+        raise SourceLayoutError(f"{path}: expected a JSON object, got {type(data).__name__}")
     missing = [key for key in ("training", "validation", "test", "labels") if key not in data]
     if missing:
         raise SourceLayoutError(f"{path}: lacks the keys {missing}")
+    labels = data["labels"]
+    if not isinstance(labels, dict) or not all(
+        isinstance(key, str) and key.isdigit() and isinstance(name, str) for key, name in labels.items()
+    ):
+        raise SourceLayoutError(f'{path}: "labels" must map label values to names, e.g. {{"0": "background"}}')
+    for key in FOLDERS:
+        entries = data[key]
+        if not isinstance(entries, list) or not all(_listed_image(entry) for entry in entries):
+            raise SourceLayoutError(
+                f'{path}: "{key}" must be a list of {{"image": "./{FOLDERS[key][0]}/amos_XXXX.nii.gz", ...}} entries'
+            )
     return data
+
+
+def _listed_image(entry: object) -> bool:
+    """Whether a case entry of the release's dataset.json names an ``amos_XXXX.nii.gz`` image."""
+    return (
+        isinstance(entry, dict)
+        and isinstance(entry.get("image"), str)
+        and _CASE.fullmatch(Path(entry["image"]).name) is not None
+    )
 
 
 def amos_cases(source: Path, data: dict, task: int) -> tuple[list[VolumeCase], list[SourceProblem]]:
@@ -169,7 +193,9 @@ def build_parser(task: int) -> argparse.ArgumentParser:
     if task == 1:
         parser.add_argument("--protocol", choices=("nnunet", "guidednet"), default="nnunet", help="(see below)")
         parser.add_argument("--split-lists", type=Path, default=None, help="guidednet: folder with train/val/test.txt")
-        parser.add_argument("--counts", type=parse_counts, default=GUIDEDNET_COUNTS, help="guidednet: train,val,test")
+        parser.add_argument(
+            "--counts", type=argument_type(parse_counts), default=GUIDEDNET_COUNTS, help="guidednet: train,val,test"
+        )
         parser.add_argument("--seed", type=int, default=0, help="guidednet without --split-lists: split seed")
     return parser
 

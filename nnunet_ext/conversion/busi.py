@@ -109,7 +109,7 @@ def convert_busi(
         dataset_id,
         name,
         channel_mode="gray",
-        decoder=BinaryMask("tumor"),
+        decoder=BinaryMask("tumor", hint="BUSI masks are binary; this file is damaged or not a BUSI mask"),
         gray_channel_name="ultrasound",
         metadata=METADATA,
         **options,

@@ -23,15 +23,18 @@ import SimpleITK as sitk
 
 from nnunet_ext.conversion.errors import ChannelCountError, SizeMismatchError, UnreadableFileError
 from nnunet_ext.conversion.images import (
+    check_source_file,
+    check_source_values,
+    check_volume_image,
     copy_file,
     read_image_2d,
     read_mask_2d,
     read_volume,
-    read_volume_header,
     write_png,
     write_volume,
 )
 from nnunet_ext.conversion.labels import check_label_values
+from nnunet_ext.data.file_checks import DECODE_ERRORS
 
 SPLIT_FOLDERS = {"Tr": ("imagesTr", "labelsTr"), "Ts": ("imagesTs", "labelsTs"), "Ul": ("imagesUl", None)}
 MaskDecoder = Callable[[np.ndarray, Path], np.ndarray]
@@ -121,8 +124,9 @@ def _close(a: Sequence[float], b: Sequence[float]) -> bool:
 class VolumeCase(Case):
     """A 3-D image copied byte for byte, and its label copied (``lut is None``) or renumbered through ``lut``.
 
-    The image is validated from its header (3-D, one component); the label is read whole (same size and
-    spacing as the image, values within ``allowed``). nnU-Net's verification re-reads everything at the end.
+    The image is validated from its header (3-D, one component), decompressed completely and, when stored as
+    floats, checked for finite values; the label is read whole (complete, same size and spacing as the image,
+    values within ``allowed``). nnU-Net's verification re-reads everything at the end.
     """
 
     case_id: str
@@ -141,7 +145,7 @@ class VolumeCase(Case):
         return self.label is not None
 
     def check(self) -> int:
-        header = read_volume_header(self.image)
+        header = check_volume_image(self.image)
         if header.GetDimension() != 3 or header.GetNumberOfComponents() != 1:
             raise ChannelCountError(
                 self.image,
@@ -176,6 +180,7 @@ class VolumeCase(Case):
 
 def _load_arrays(path: Path, keys: Sequence[str]) -> list[np.ndarray]:
     """Arrays ``keys`` from an ``.npz`` or ``.h5`` file; a missing key or a damaged file raises UnreadableFileError."""
+    check_source_file(path)
     try:
         if path.suffix == ".h5":
             import h5py
@@ -189,7 +194,7 @@ def _load_arrays(path: Path, keys: Sequence[str]) -> list[np.ndarray]:
                 missing = [key for key in keys if key not in handle.files]
                 if not missing:
                     return [handle[key] for key in keys]
-    except (OSError, ValueError, KeyError) as error:
+    except (*DECODE_ERRORS, KeyError) as error:
         raise UnreadableFileError(path, f"cannot read arrays ({error})") from error
     raise UnreadableFileError(path, f"lacks the array key(s) {missing}")
 
@@ -241,6 +246,7 @@ class ArrayVolumeCase(Case):
                 raise SizeMismatchError(
                     path, f"slice shape {arrays[0].shape} != {parts[0][0].shape} of {self.files[0]}"
                 )
+            check_source_values(arrays[0], path)
             if self.label_key:
                 check_label_values(arrays[1], self.allowed, path)
             parts.append(arrays)

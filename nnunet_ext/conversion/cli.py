@@ -1,8 +1,9 @@
 """The command-line skeleton every ``dataset_conversion/`` script shares.
 
 Common options: ``-i/--input``, ``-d/--dataset-id``, ``--output`` (default ``$nnUNet_raw``), ``--overwrite``,
-``--name``, ``--workers``, ``--no-progress``. Expected failures (:class:`ConversionError`) print one readable
-message and exit with status 2; nothing is left behind.
+``--name``, ``--workers``, ``--no-progress``. Expected failures (:class:`ConversionError`) and operating-system
+errors (a read-only or full output disk) print one readable message and exit with status 2; nothing is left
+behind.
 """
 
 from __future__ import annotations
@@ -12,35 +13,63 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
-from nnunet_ext.conversion.errors import ConversionError
+from nnunet_ext.command_line import HelpFormatter, print_warnings
+from nnunet_ext.conversion.errors import ConversionError, ConversionWarning
+
+T = TypeVar("T")
+
+
+def _integer(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
 
 
 def _dataset_id(text: str) -> int:
-    value = int(text)
+    value = _integer(text)
     if not 0 < value < 1000:
         raise argparse.ArgumentTypeError(f"a dataset id is 1..999, got {value}")
     return value
+
+
+def _positive_int(text: str) -> int:
+    value = _integer(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _dataset_name(text: str) -> str:
+    from nnunet_ext.conversion.writer import check_dataset_name
+
+    return argument_type(check_dataset_name)(text)
+
+
+def argument_type(parse: Callable[[str], T]) -> Callable[[str], T]:
+    """``parse`` as an argparse ``type=`` whose ValueError message is shown (instead of argparse's "invalid <function
+    name> value")."""
+
+    def parse_argument(text: str) -> T:
+        try:
+            return parse(text)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from error
+
+    return parse_argument
 
 
 def label_map_argument(text: str):
     """argparse ``type=`` for ``--label-map`` (see :func:`nnunet_ext.conversion.labels.parse_label_map`)."""
     from nnunet_ext.conversion.labels import parse_label_map
 
-    try:
-        return parse_label_map(text)
-    except (ValueError, OSError) as error:
-        raise argparse.ArgumentTypeError(str(error)) from error
+    return argument_type(parse_label_map)(text)
 
 
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Show meaningful defaults and keep the layout of the description/epilog (source trees)."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        text = action.help or ""
-        if "default" in text or action.default in (None, False, ""):
-            return text
-        return super()._get_help_string(action)
+class _HelpFormatter(HelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Meaningful defaults (see :class:`~nnunet_ext.command_line.HelpFormatter`), the source trees' layout kept."""
 
 
 def converter_parser(
@@ -56,10 +85,13 @@ def converter_parser(
         default=None,
         help="folder that receives DatasetXXX_Name/ (default: $nnUNet_raw)",
     )
-    parser.add_argument("--name", default=name, help="dataset name (the folder is DatasetXXX_NAME)")
+    parser.add_argument("--name", type=_dataset_name, default=name, help="dataset name (the folder is DatasetXXX_NAME)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing DatasetXXX_NAME folder")
     parser.add_argument(
-        "--workers", type=int, default=None, help="threads for validating/writing cases (default: min(4, CPUs))"
+        "--workers",
+        type=_positive_int,
+        default=None,
+        help="threads for validating/writing cases (default: min(4, CPUs))",
     )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     return parser
@@ -95,12 +127,14 @@ def run(
     convert: Callable[[argparse.Namespace, dict], Path],
     argv: Sequence[str] | None = None,
 ) -> int:
-    """Parse ``argv``, call ``convert(args, common_kwargs)``; print the result or the error. Returns the exit status."""
+    """Parse ``argv``, call ``convert(args, common_kwargs)``; print its warnings (one line each) and the result or
+    the error. Returns the exit status."""
     args = parser.parse_args(argv)
     kwargs = common_kwargs(parser, args)
     try:
-        target = convert(args, kwargs)
-    except ConversionError as error:
+        with print_warnings(parser.prog, ConversionWarning):
+            target = convert(args, kwargs)
+    except (ConversionError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     counts = ", ".join(

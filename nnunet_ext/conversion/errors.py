@@ -10,12 +10,20 @@ import os
 from collections.abc import Sequence
 
 
+class ConversionWarning(UserWarning):
+    """Something the converted dataset holds that the user should know (the command line prints it as one line)."""
+
+
 class ConversionError(Exception):
     """Base class: anything a converter refuses to do; the command line prints the message and exits with 2."""
 
 
 class DatasetExistsError(ConversionError, FileExistsError):
     """The target dataset folder (or another folder with the same dataset id) already exists."""
+
+
+class InvalidDatasetNameError(ConversionError, ValueError):
+    """The dataset name cannot be the ``<Name>`` of nnU-Net's ``DatasetXXX_<Name>`` folder (a path, spaces, ...)."""
 
 
 class SourceLayoutError(ConversionError):
@@ -56,9 +64,16 @@ class UnexpectedLabelError(SourceProblem):
 
 
 class UnreadableFileError(SourceProblem):
-    """A file cannot be read or decoded, or lacks an expected entry (array key, header field)."""
+    """A file cannot be read or decoded (truncated, corrupt compressed data), or lacks an expected entry (array key,
+    header field)."""
 
     kind = "unreadable file"
+
+
+class NonFiniteValueError(SourceProblem):
+    """An image holds NaN or infinite values."""
+
+    kind = "non-finite values"
 
 
 class ChannelCountError(SourceProblem):

@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from nnunet_ext.conversion.cases import Case, VolumeCase
-from nnunet_ext.conversion.cli import converter_parser, run
+from nnunet_ext.conversion.cli import argument_type, converter_parser, run
 from nnunet_ext.conversion.errors import MissingPartnerError, SourceLayoutError, SourceProblem
 from nnunet_ext.conversion.splits import ProtocolSplit, parse_counts, random_partition
 from nnunet_ext.conversion.writer import DatasetDescription, convert_dataset
@@ -156,7 +156,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--protocol", choices=("full", "guidednet"), default="full", help="what to convert (below)")
     parser.add_argument("--no-unlabeled", action="store_true", help="full: do not copy the unlabelled cases")
     parser.add_argument(
-        "--counts", type=parse_counts, default=GUIDEDNET_COUNTS, help="guidednet: labelled train,val,test counts"
+        "--counts",
+        type=argument_type(parse_counts),
+        default=GUIDEDNET_COUNTS,
+        help="guidednet: labelled train,val,test counts",
     )
     parser.add_argument(
         "--unlabeled-count", type=int, default=GUIDEDNET_UNLABELED, help="guidednet: unlabelled cases to imagesUl/"

@@ -10,7 +10,9 @@
 In both modes an alpha channel is dropped only when it is fully opaque; transparency is an error, because
 nnU-Net's ``NaturalImage2DIO`` would read it as a fourth channel.
 
-Every failure raises one of the named :mod:`~nnunet_ext.conversion.errors` with the file's path.
+Every file is checked with :mod:`nnunet_ext.data.file_checks` before it is accepted (it decodes completely, its
+image values are finite). Every failure raises one of the named :mod:`~nnunet_ext.conversion.errors` with the
+file's path.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ import numpy as np
 import SimpleITK as sitk
 from PIL import Image
 
-from nnunet_ext.conversion.errors import ChannelCountError, UnreadableFileError
+from nnunet_ext.conversion.errors import ChannelCountError, NonFiniteValueError, UnreadableFileError
+from nnunet_ext.data.file_checks import InvalidFileError, check_complete, check_finite, stored_voxels
 
 CHANNEL_MODES = ("gray", "rgb")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -35,7 +38,26 @@ def is_image_file(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
 
 
+def check_source_file(path: str | os.PathLike) -> None:
+    """:func:`~nnunet_ext.data.file_checks.check_complete`, reported as :class:`UnreadableFileError`."""
+    try:
+        check_complete(path)
+    except InvalidFileError as error:
+        raise UnreadableFileError(path, error.detail) from error
+    except OSError as error:
+        raise UnreadableFileError(path, f"cannot be read ({error.strerror or error})") from error
+
+
+def check_source_values(array: np.ndarray, path: str | os.PathLike) -> None:
+    """:func:`~nnunet_ext.data.file_checks.check_finite`, reported as :class:`NonFiniteValueError`."""
+    try:
+        check_finite(array, path)
+    except InvalidFileError as error:
+        raise NonFiniteValueError(path, error.detail) from error
+
+
 def _open(path: Path) -> Image.Image:
+    check_source_file(path)
     try:
         with Image.open(path) as image:
             image.load()
@@ -73,6 +95,7 @@ def read_image_2d(path: str | os.PathLike, mode: str) -> np.ndarray:
     array = array[None] if array.ndim == 2 else np.moveaxis(array, -1, 0)
     if array.shape[0] not in (1, 3):
         raise ChannelCountError(path, f"decodes to {array.shape[0]} channels (mode {image.mode})")
+    check_source_values(array, path)
     return np.ascontiguousarray(array)
 
 
@@ -114,11 +137,22 @@ def read_volume_header(path: str | os.PathLike) -> sitk.ImageFileReader:
 
 
 def read_volume(path: str | os.PathLike) -> sitk.Image:
-    """A whole volume as a SimpleITK image."""
+    """A whole volume as a SimpleITK image, from a complete file only."""
+    check_source_file(path)
     try:
         return sitk.ReadImage(str(path))
     except RuntimeError as error:
         raise UnreadableFileError(path, f"cannot read volume ({_first_line(error)})") from error
+
+
+def check_volume_image(path: str | os.PathLike) -> sitk.ImageFileReader:
+    """Check an image volume that is copied unchanged: complete, and finite values if stored as floats; returns
+    its header."""
+    header = read_volume_header(path)
+    check_source_file(path)
+    if header.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64):
+        check_source_values(stored_voxels(path), path)
+    return header
 
 
 def write_volume(array: np.ndarray, path: str | os.PathLike, spacing_zyx: Sequence[float], reference=None) -> None:

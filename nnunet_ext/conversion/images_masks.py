@@ -170,12 +170,12 @@ def add_mask_options(parser: argparse.ArgumentParser, channels: str, foreground:
     parser.add_argument(
         "--label-map",
         type=label_map_argument,
-        default=label_map_argument(label_map) if label_map else None,
+        default=label_map,
         help="mask values or colours -> labels, in label order starting with background: "
         "'background=0;edema=128;hole=255' (gray values / palette indices), "
         "'background=0,0,0;edema=255,0,0' (colours), alternatives with '|', or a .json file "
-        "{name: value | [r,g,b]}. Default: binary masks (0/1 or 0/255, thresholded at >127)"
-        + (f"; here '{label_map}'" if label_map else ""),
+        "{name: value | [r,g,b]}. Default: "
+        + (f"'{label_map}'" if label_map else "binary masks (0/1 or 0/255, thresholded at >127)"),
     )
     parser.add_argument(
         "--label-tolerance",

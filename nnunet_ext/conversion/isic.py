@@ -100,7 +100,7 @@ def convert_isic(
         dataset_id,
         name,
         channel_mode="rgb",
-        decoder=BinaryMask("lesion"),
+        decoder=BinaryMask("lesion", hint="ISIC masks are binary; this file is damaged or not an ISIC mask"),
         gray_channel_name="dermoscopy",
         metadata=METADATA,
         **options,

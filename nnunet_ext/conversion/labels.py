@@ -39,11 +39,13 @@ class BinaryMask:
     Rule (per file): values within {0, 1} are taken as they are; otherwise pixels above ``threshold`` are
     foreground (0/255 masks, including JPEG ringing and stray 1/254 values). A mask whose maximum lies in
     2..threshold is neither 0/1 nor 0/255 (a multi-class or dimmed mask) and raises
-    :class:`UnexpectedLabelError` instead of silently becoming empty. Colour masks use the channel maximum.
+    :class:`UnexpectedLabelError` instead of silently becoming empty; ``hint`` ends that message (what to do: the
+    converters with ``--label-map`` point to it). Colour masks use the channel maximum.
     """
 
     name: str = "foreground"
     threshold: int = 127
+    hint: str = "a multi-class mask needs --label-map"
 
     @property
     def labels(self) -> dict[str, int]:
@@ -57,7 +59,7 @@ class BinaryMask:
         if maximum <= self.threshold:
             raise UnexpectedLabelError(
                 path,
-                f"values {_value_summary(gray)} are neither 0/1 nor 0/255: a multi-class mask needs --label-map",
+                f"values {_value_summary(gray)} are neither 0/1 nor 0/255: {self.hint}",
             )
         return (gray > self.threshold).astype(np.uint8)
 
@@ -136,27 +138,69 @@ def parse_label_map(spec: str, tolerance: int = 0) -> ValueMap | ColourMap:
     ``"background=0,0,0;edema=255,0,0;hole=0,0,255"`` (colours); ``|`` separates alternatives
     (``"hole=2|255"``). A path to a ``.json`` file holding ``{"name": value | [r, g, b] | [alternatives]}``
     works too. Label ids follow the order given; the first entry must be ``background``. Entries must be all
-    gray values or all colours.
+    gray values or all colours, each value 0..255 (what an 8-bit mask holds); a name or a value may appear once.
+
+    Raises:
+        ValueError: naming the entry (or the JSON file) that breaks these rules.
     """
-    path = Path(spec)
-    if spec.endswith(".json") and path.is_file():
-        raw = json.loads(path.read_text())
-        entries = {name: _json_alternatives(value) for name, value in raw.items()}
+    if spec.endswith(".json"):
+        entries = _label_map_file(Path(spec))
     else:
         entries = {}
         for item in filter(None, (part.strip() for part in spec.split(";"))):
             name, separator, values = item.partition("=")
-            if not separator or not name.strip():
+            name = name.strip()
+            if not separator or not name:
                 raise ValueError(f"label map entry {item!r} is not name=value")
-            entries[name.strip()] = [tuple(int(v) for v in alt.split(",")) for alt in values.split("|")]
+            if name in entries:
+                raise ValueError(f"label {name!r} is given twice; list its values as alternatives: '{name}=A|B'")
+            try:
+                entries[name] = [tuple(int(v) for v in alt.split(",")) for alt in values.split("|")]
+            except ValueError:
+                raise ValueError(f"label map entry {item!r}: values must be integers") from None
     if not entries or next(iter(entries)) != "background":
         raise ValueError(f"the label map must start with 'background', got {list(entries)}")
+    _check_values(entries)
     sizes = {len(value) for alternatives in entries.values() for value in alternatives}
     if sizes == {1}:
         return ValueMap({name: [v[0] for v in alts] for name, alts in entries.items()}, tolerance)
     if sizes == {3}:
         return ColourMap({name: [tuple(v) for v in alts] for name, alts in entries.items()}, tolerance)
     raise ValueError(f"label map entries must be all single values or all R,G,B colours: {spec!r}")
+
+
+def _label_map_file(path: Path) -> dict[str, list[tuple[int, ...]]]:
+    """The entries of a ``.json`` label map file (``json`` keeps the last of two equal names, so they are checked)."""
+
+    def unique_names(pairs: list[tuple[str, object]]) -> dict:
+        names = [name for name, _ in pairs]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ValueError(f"label map file {path}: label(s) {repeated} given twice")
+        return dict(pairs)
+
+    if not path.is_file():
+        raise ValueError(f"label map file {path} not found")
+    try:
+        raw = json.loads(path.read_text(), object_pairs_hook=unique_names)
+        return {name: _json_alternatives(value) for name, value in raw.items()}
+    except (OSError, AttributeError, TypeError) as error:
+        raise ValueError(f"label map file {path}: expected {{name: value | [r, g, b] | [alternatives]}}") from error
+    except ValueError as error:
+        raise ValueError(f"label map file {path}: {error}") from error
+
+
+def _check_values(entries: dict[str, list[tuple[int, ...]]]) -> None:
+    """Every value 0..255 and no value (or colour) listed for two labels."""
+    owner: dict[tuple[int, ...], str] = {}
+    for name, alternatives in entries.items():
+        for value in alternatives:
+            if not all(isinstance(v, int) and 0 <= v <= 255 for v in value):
+                shown = ",".join(map(str, value))
+                raise ValueError(f"label {name!r}: value {shown} is not 0..255, which an 8-bit mask cannot hold")
+            if value in owner and owner[value] != name:
+                raise ValueError(f"value {','.join(map(str, value))} is given for both {owner[value]!r} and {name!r}")
+            owner[value] = name
 
 
 def _json_alternatives(value) -> list[tuple[int, ...]]:

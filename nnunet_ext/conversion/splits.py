@@ -47,8 +47,11 @@ class ProtocolSplit:
 
 
 def parse_counts(text: str) -> tuple[int, int, int]:
-    """``"180,60,60"`` -> (train, val, test)."""
-    counts = tuple(int(part) for part in text.split(","))
+    """``"180,60,60"`` -> (train, val, test); a ValueError in plain words otherwise."""
+    try:
+        counts = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise ValueError(f"expected three positive counts train,val,test such as 180,60,60, got {text!r}") from None
     if len(counts) != 3 or min(counts) < 1:
         raise ValueError(f"expected three positive counts train,val,test, got {text!r}")
     return counts

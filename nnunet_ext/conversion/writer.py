@@ -19,6 +19,7 @@ import io
 import json
 import multiprocessing.dummy
 import os
+import re
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -33,6 +34,7 @@ from nnunet_ext.conversion.cases import SPLIT_FOLDERS, Case
 from nnunet_ext.conversion.errors import (
     ChannelCountError,
     DatasetExistsError,
+    InvalidDatasetNameError,
     InvalidSourceError,
     OutputVerificationError,
     SourceLayoutError,
@@ -42,6 +44,7 @@ from nnunet_ext.data.atomic import atomic_directory
 
 CASE_MAP_FILE = "case_ids.csv"
 SPLITS_FILE = "splits_final.json"
+_DATASET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
 @dataclass
@@ -59,11 +62,26 @@ class DatasetDescription:
     metadata: dict = field(default_factory=dict)
 
 
+def check_dataset_name(name: str) -> str:
+    """``name`` if it can be the ``<Name>`` of nnU-Net's ``DatasetXXX_<Name>`` folder: one folder name of ASCII
+    letters, digits, ``_``, ``-`` and ``.``, starting with a letter or digit (no ``/``, no ``..``, no spaces).
+
+    Raises:
+        InvalidDatasetNameError: otherwise.
+    """
+    if not _DATASET_NAME.fullmatch(name):
+        raise InvalidDatasetNameError(
+            f"dataset name {name!r} is not allowed: nnU-Net's folder is DatasetXXX_<name>, so the name must be "
+            "letters, digits, '_', '-' or '.', starting with a letter or digit (no '/', no spaces)"
+        )
+    return name
+
+
 def dataset_folder(output_root: str | os.PathLike, dataset_id: int, name: str) -> Path:
-    """``output_root/DatasetXXX_name``."""
+    """``output_root/DatasetXXX_name`` (``name`` checked by :func:`check_dataset_name`)."""
     if not 0 < dataset_id < 1000:
         raise ValueError(f"the dataset id must be in 1..999, got {dataset_id}")
-    return Path(output_root) / f"Dataset{dataset_id:03d}_{name}"
+    return Path(output_root) / f"Dataset{dataset_id:03d}_{check_dataset_name(name)}"
 
 
 def _refuse_existing(target: Path, dataset_id: int, overwrite: bool) -> None:
@@ -146,7 +164,7 @@ def verify_with_nnunet(folder: str | os.PathLike, workers: int = 4) -> None:
         try:
             with contextlib.redirect_stdout(output):
                 module.verify_dataset_integrity(str(folder), workers)
-        except (AssertionError, RuntimeError, FileNotFoundError) as error:
+        except Exception as error:  # whatever nnU-Net's checks raise (assertions, reader errors) is their verdict
             raise OutputVerificationError(
                 f"nnU-Net's verify_dataset_integrity rejected the converted dataset ({error}); nothing was written."
                 f"\n{output.getvalue()[-4000:]}"
@@ -189,7 +207,7 @@ def convert_dataset(
     ``known_problems`` (found while pairing source files) are reported with the validation's own.
 
     Raises:
-        DatasetExistsError, SourceLayoutError, InvalidSourceError, OutputVerificationError.
+        InvalidDatasetNameError, DatasetExistsError, SourceLayoutError, InvalidSourceError, OutputVerificationError.
     """
     workers = workers or min(4, os.cpu_count() or 1)
     target = dataset_folder(output_root, dataset_id, description.name)

@@ -1,14 +1,39 @@
-"""Write a folder or a file completely or not at all."""
+"""Write a folder or a file completely or not at all.
+
+Staging folders and files are created with the mode the user's umask gives (0755/0644 under umask 022), not
+``tempfile``'s private 0700/0600, because they become the result.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
-import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+
+def _create_unique(parent: Path, prefix: str, suffix: str, create: Callable[[Path], None]) -> Path:
+    """``parent/{prefix}{random}{suffix}``, created by ``create`` (which raises FileExistsError if it exists)."""
+    for _ in range(100):
+        path = parent / f"{prefix}{secrets.token_hex(4)}{suffix}"
+        try:
+            create(path)
+        except FileExistsError:
+            continue
+        return path
+    raise FileExistsError(f"no unused name {prefix}*{suffix} in {parent}")
+
+
+def staging_directory(parent: Path, prefix: str, suffix: str) -> Path:
+    """A new empty folder ``parent/{prefix}{random}{suffix}`` with the mode the umask gives."""
+    return _create_unique(parent, prefix, suffix, Path.mkdir)
+
+
+def _create_file(path: Path) -> None:
+    os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
 
 
 @contextmanager
@@ -26,11 +51,11 @@ def atomic_directory(target: str | os.PathLike, overwrite: bool = False) -> Iter
     if target.exists() and not overwrite:
         raise FileExistsError(f"{target} already exists (pass overwrite to replace it)")
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
+    staging = staging_directory(target.parent, f".{target.name}.", ".partial")
     try:
         yield staging
         if target.exists():
-            previous = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".previous", dir=target.parent))
+            previous = staging_directory(target.parent, f".{target.name}.", ".previous")
             os.replace(target, previous)
             os.replace(staging, target)
             shutil.rmtree(previous)
@@ -52,9 +77,7 @@ def atomic_file(target: str | os.PathLike) -> Iterator[Path]:
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     suffix = ".partial" + "".join(target.suffixes)
-    handle, name = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=suffix, dir=target.parent)
-    os.close(handle)
-    temporary = Path(name)
+    temporary = _create_unique(target.parent, f".{target.stem}.", suffix, _create_file)
     try:
         yield temporary
         os.replace(temporary, target)

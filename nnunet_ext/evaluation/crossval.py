@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -19,6 +18,7 @@ from pathlib import Path
 from batchgenerators.utilities.file_and_folder_operations import load_json
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
+from nnunet_ext.data.atomic import atomic_file
 from nnunet_ext.evaluation.folders import CaseWorkers, ClassSet, EvaluationSettings, evaluate_folder, match_cases
 from nnunet_ext.evaluation.metrics import METRICS
 from nnunet_ext.evaluation.protocols import PROTOCOLS
@@ -83,10 +83,8 @@ def _stamp(path: Path) -> list[int]:
 def _write_cache(summary: dict, cache: Path) -> None:
     """Write atomically (a reader never sees half a file); a read-only results folder only costs the cache."""
     try:
-        handle, temporary = tempfile.mkstemp(prefix=f".{cache.name}.", dir=cache.parent)
-        os.close(handle)
-        write_json(summary, temporary)
-        os.replace(temporary, cache)
+        with atomic_file(cache) as temporary:
+            write_json(summary, temporary)
     except OSError as error:
         warnings.warn(f"could not cache extended metrics in {cache}: {error}", stacklevel=2)
 

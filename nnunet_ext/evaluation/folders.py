@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,9 +25,14 @@ from nnunetv2.imageio.reader_writer_registry import (
 from nnunetv2.utilities.label_handling.label_handling import LabelManager
 from tqdm import tqdm
 
+from nnunet_ext.data.file_checks import check_complete
 from nnunet_ext.evaluation.metrics import METRICS
 from nnunet_ext.evaluation.protocols import PROTOCOLS, LabelOrRegion, Protocol
 from nnunet_ext.evaluation.reports import summarize
+
+
+class EvaluationWarning(UserWarning):
+    """Something about the evaluated files the user should know (the command line prints it as one line)."""
 
 
 @dataclass(frozen=True)
@@ -36,6 +42,8 @@ class ClassSet:
     classes: tuple[LabelOrRegion, ...]
     names: dict[str, str]
     ignore_label: int | None = None
+    label_values: frozenset[int] | None = None
+    """Every label value a segmentation may hold (background and the ignore label included); None: not checked."""
 
     @classmethod
     def from_label_manager(cls, label_manager: LabelManager) -> ClassSet:
@@ -45,7 +53,10 @@ class ClassSet:
         classes = tuple(_as_label_or_region(r) for r in regions)
         by_value = {_as_label_or_region(value): name for name, value in label_manager.label_dict.items()}
         names = {label_or_region_to_key(c): by_value.get(c, label_or_region_to_key(c)) for c in classes}
-        return cls(classes, names, label_manager.ignore_label)
+        values = {int(v) for v in label_manager.all_labels} | {0}
+        if label_manager.ignore_label is not None:
+            values.add(int(label_manager.ignore_label))
+        return cls(classes, names, label_manager.ignore_label, frozenset(values))
 
     @classmethod
     def from_dataset_json(cls, dataset_json: dict) -> ClassSet:
@@ -55,7 +66,7 @@ class ClassSet:
     def from_labels(cls, labels: Sequence[int]) -> ClassSet:
         """Plain labels named by their value (when there is no dataset.json)."""
         classes = tuple(sorted(int(label) for label in labels if label != 0))
-        return cls(classes, {str(c): str(c) for c in classes})
+        return cls(classes, {str(c): str(c) for c in classes}, label_values=frozenset({0, *classes}))
 
     @property
     def keys(self) -> list[str]:
@@ -148,7 +159,12 @@ def read_segmentation(reader: BaseReaderWriter, file: str | os.PathLike) -> tupl
 
     nnU-Net's readers return (1, X, Y, Z) and give 2D images a dummy first axis of size 1 with spacing 999; that
     axis is dropped, so 2D cases are scored as 2D (a 3D edge would make every pixel a surface pixel).
+
+    Raises:
+        InvalidFileError: the file is truncated or corrupt (SimpleITK would read the missing part as zeros).
+        RuntimeError: the reader cannot read it.
     """
+    check_complete(file)
     try:
         segmentation, properties = reader.read_seg(str(file))
     except Exception as error:
@@ -167,7 +183,8 @@ def evaluate_case(
     settings: EvaluationSettings,
 ) -> dict:
     """Metrics of every class of one case: ``{"reference_file", "prediction_file", "metrics": {key: {column:
-    value, "n_ref": voxels, "n_pred": voxels}}}`` (columns as in ``METRICS``, e.g. ``Dice``, ``HD95``)."""
+    value, "n_ref": voxels, "n_pred": voxels}}, "unexpected_labels": [values]}`` (columns as in ``METRICS``, e.g.
+    ``Dice``, ``HD95``; ``unexpected_labels``: prediction values outside ``classes.label_values``)."""
     reference, spacing = read_segmentation(reader, reference_file)
     prediction, prediction_spacing = read_segmentation(reader, prediction_file)
     if reference.shape != prediction.shape:
@@ -195,7 +212,19 @@ def evaluate_case(
             "n_ref": int(np.count_nonzero(mask_ref)),
             "n_pred": int(np.count_nonzero(mask_pred)),
         }
-    return {"reference_file": str(reference_file), "prediction_file": str(prediction_file), "metrics": results}
+    allowed = classes.label_values
+    unexpected = [] if allowed is None else [_plain(v) for v in np.unique(prediction).tolist() if v not in allowed]
+    return {
+        "reference_file": str(reference_file),
+        "prediction_file": str(prediction_file),
+        "metrics": results,
+        "unexpected_labels": unexpected,
+    }
+
+
+def _plain(value: float) -> int | float:
+    """A label value as readers return it (often float) in its plain form: 7.0 -> 7."""
+    return int(value) if float(value).is_integer() else value
 
 
 def _evaluate_case_from_tuple(arguments: tuple) -> dict:
@@ -205,11 +234,14 @@ def _evaluate_case_from_tuple(arguments: tuple) -> dict:
 def match_cases(
     reference_folder: str | os.PathLike, prediction_folder: str | os.PathLike, file_ending: str, chill: bool
 ) -> list[tuple[str, Path, Path]]:
-    """``(case, reference file, prediction file)`` for every prediction, sorted by case.
+    """``(case, reference file, prediction file)`` for every prediction that has a reference, sorted by case.
+
+    With ``chill``, references without a prediction and predictions without a reference are left out (the latter
+    with an :class:`EvaluationWarning` naming them).
 
     Raises:
-        FileNotFoundError: a folder is missing, there is no prediction, a prediction has no reference, or (unless
-            ``chill``) a reference has no prediction.
+        FileNotFoundError: a folder is missing, there is no prediction, or (unless ``chill``) a prediction has no
+            reference or a reference has no prediction.
     """
     reference_folder, prediction_folder = Path(reference_folder), Path(prediction_folder)
     for folder in (reference_folder, prediction_folder):
@@ -220,8 +252,19 @@ def match_cases(
     if not predictions:
         raise FileNotFoundError(f"no predictions ending in {file_ending} in {prediction_folder}")
     orphans = [name for name in predictions if name not in references]
+    if orphans and not chill:
+        raise FileNotFoundError(
+            f"no reference in {reference_folder} for {_listing(orphans)} (pass --chill to evaluate the others)"
+        )
     if orphans:
-        raise FileNotFoundError(f"no reference in {reference_folder} for {_listing(orphans)}")
+        warnings.warn(
+            f"no reference in {reference_folder} for {_listing(orphans)}: not evaluated",
+            EvaluationWarning,
+            stacklevel=2,
+        )
+        predictions = [name for name in predictions if name in references]
+        if not predictions:
+            raise FileNotFoundError(f"no prediction in {prediction_folder} has a reference in {reference_folder}")
     unpredicted = sorted(references.difference(predictions))
     if unpredicted and not chill:
         raise FileNotFoundError(
@@ -277,8 +320,20 @@ def evaluate_folder(
     jobs = [(str(ref), str(pred), reader, classes, settings) for _, ref, pred in cases]
     progress = {"total": len(jobs), "desc": f"evaluating {Path(prediction_folder).name}", "unit": "case"}
     per_case = list(tqdm(workers.imap(_evaluate_case_from_tuple, jobs), **progress))
+    unexpected = {}
     for (case, _, _), result in zip(cases, per_case):
         result["case"] = case
+        if values := result.pop("unexpected_labels"):
+            unexpected[result["prediction_file"]] = values
+    if unexpected:
+        listed = "; ".join(f"{file}: {values}" for file, values in list(unexpected.items())[:5])
+        more = f" and {len(unexpected) - 5} more file(s)" if len(unexpected) > 5 else ""
+        warnings.warn(
+            f"predictions hold label values the dataset does not define {sorted(classes.label_values)} "
+            f"(they count as background): {listed}{more}",
+            EvaluationWarning,
+            stacklevel=2,
+        )
     return {
         "protocol": settings.protocol.name,
         "protocol_summary": settings.protocol.summary,

@@ -10,6 +10,7 @@ import csv
 import json
 import math
 import os
+import shutil
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nnunet_ext.data.atomic import atomic_directory
+from nnunet_ext.data.atomic import atomic_directory, staging_directory
 from nnunet_ext.evaluation.metrics import METRICS
 
 EVALUATION_JSON = "metrics.json"
@@ -59,23 +60,40 @@ def case_foreground_means(per_case: list[dict], column: str) -> list[float]:
 
 
 def check_report_folder(target: str | os.PathLike, marker: str) -> None:
-    """Refuse an output folder that exists and is not a report of the same command (it holds no ``marker``), so a
-    mistyped output path never deletes predictions or references.
+    """Refuse an output folder that exists, is not empty and is not a report of the same command (it holds no
+    ``marker``), so a mistyped output path never overwrites predictions or references.
 
     Raises:
-        FileExistsError: ``target`` exists and is not such a report.
+        FileExistsError: ``target`` exists and is not such a report, or is not a folder.
     """
     target = Path(target)
-    if target.exists() and not (target / marker).is_file():
+    if not target.exists() or (target / marker).is_file():
+        return
+    if not target.is_dir() or any(target.iterdir()):
         raise FileExistsError(f"{target} exists and is not a report folder (it has no {marker}); choose another -o")
 
 
 @contextmanager
 def report_folder(target: str | os.PathLike, marker: str) -> Iterator[Path]:
-    """A staging folder that replaces ``target`` (see ``check_report_folder``) when the block succeeds."""
+    """A staging folder whose files make up the report in ``target`` when the block succeeds.
+
+    A new ``target`` is created whole (:func:`~nnunet_ext.data.atomic.atomic_directory`). An existing one (an earlier
+    report, or an empty folder; see :func:`check_report_folder`) is never removed: each file of the new report
+    replaces its namesake atomically, ``marker`` last, and whatever else the folder holds stays.
+    """
+    target = Path(target)
     check_report_folder(target, marker)
-    with atomic_directory(target, overwrite=True) as staging:
+    if not target.exists():
+        with atomic_directory(target) as staging:
+            yield staging
+        return
+    staging = staging_directory(target, f".{marker}.", ".partial")
+    try:
         yield staging
+        for file in sorted(staging.iterdir(), key=lambda path: path.name == marker):
+            os.replace(file, target / file.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def write_json(data: dict, file: str | os.PathLike) -> None:
@@ -124,7 +142,8 @@ def _column_label(column: str, unit: str) -> str:
 
 def write_evaluation_report(summary: dict, folder: str | os.PathLike) -> Path:
     """Write ``metrics.json``, ``metrics_per_case.csv``, ``summary.md`` and ``boxplot_<metric>.png`` into ``folder``
-    (replacing an earlier report there, atomically). Returns the folder."""
+    (replacing the files of an earlier report there, each atomically; see :func:`report_folder`). Returns the
+    folder."""
     columns, classes, unit = summary["metrics"], summary["classes"], summary["unit"]
     with report_folder(folder, EVALUATION_JSON) as staging:
         write_json(summary, staging / EVALUATION_JSON)

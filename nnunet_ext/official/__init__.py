@@ -20,11 +20,13 @@ import importlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType, ModuleType
+from typing import TYPE_CHECKING
 
-import torch
-from torch import nn
+if TYPE_CHECKING:  # annotations only: the --arch table is read without importing torch (fast --help)
+    import torch
+    from torch import nn
 
-TensorTransform = Callable[[torch.Tensor], torch.Tensor]
+TensorTransform = Callable[["torch.Tensor"], "torch.Tensor"]
 
 
 @dataclass(frozen=True)

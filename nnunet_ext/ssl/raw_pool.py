@@ -4,8 +4,10 @@ Two stages, each raising :class:`PoolValidationError` with every problem found, 
 
 1. :func:`find_pool_cases` -- the folder listing: nnU-Net image naming ``{case}_{XXXX}{file_ending}``, the dataset's
    file ending, complete channel files per case. No file is opened.
-2. :func:`read_pool_case` -- one case: readable by the dataset's reader, all channel files of one geometry (shape and
-   spacing), the dataset's channel count, 2D/3D like the training images, finite positive spacing, no NaN.
+2. :func:`read_pool_case` -- one case: complete files (a truncated ``.nii.gz`` is not read as zeros, see
+   :mod:`nnunet_ext.data.file_checks`), readable by the dataset's reader, all channel files of one geometry (shape
+   and spacing), the dataset's channel count, 2D/3D like the training images, finite positive spacing, no NaN or
+   infinite voxel.
 
 Hidden files (``.DS_Store``) and metadata side files (``*.json``, ``*.txt``, ``*.md``, ``*.csv``, e.g. a provenance
 record of synthetic images) are ignored; anything else that is not an image of the dataset is an error.
@@ -23,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 from nnunetv2.imageio.base_reader_writer import BaseReaderWriter
+
+from nnunet_ext.data.file_checks import InvalidFileError, check_finite, read_complete_images
 
 IGNORED_SUFFIXES = (".json", ".txt", ".md", ".csv")
 _IMAGE_STEM = re.compile(r"(?P<case>.+)_(?P<channel>\d{4})")
@@ -109,8 +113,9 @@ def read_pool_case(
     """
     reader = reader_class()
     try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            data, properties = reader.read_images(case.files)
+        data, properties = read_complete_images(reader, case.files)
+    except InvalidFileError as error:
+        raise PoolValidationError([str(error)]) from error
     except Exception as error:
         raise PoolValidationError(_diagnose_unreadable(case, reader, error)) from error
     problems = []
@@ -123,8 +128,10 @@ def read_pool_case(
     spacing = [float(s) for s in properties["spacing"]]
     if not all(math.isfinite(s) and s > 0 for s in spacing):
         problems.append(f"{files}: spacing {spacing} is not positive and finite")
-    if np.isnan(data).any():
-        problems.append(f"{files}: image contains NaN values")
+    try:
+        check_finite(data, files)
+    except InvalidFileError as error:
+        problems.append(str(error))
     if problems:
         raise PoolValidationError(problems)
     return data, properties

@@ -16,8 +16,6 @@ Memory: all slices are held as float32 at model resolution, ``4 * C * resolution
 
 from __future__ import annotations
 
-import contextlib
-import io
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,6 +26,7 @@ from nnunetv2.imageio.natural_image_reader_writer import NaturalImage2DIO
 from skimage import io as skimage_io
 from tqdm import tqdm
 
+from nnunet_ext.data.file_checks import InvalidFileError, check_finite, read_complete_images
 from nnunet_ext.synthesis.source import SynthesisInputError, SynthesisSource
 
 #: fewest training images (2D slices) and cases a run accepts; the memorisation check needs two cases
@@ -110,9 +109,18 @@ class TrainingImages:
 
 
 def read_case(source: SynthesisSource, files: tuple[str, ...]) -> tuple[np.ndarray, dict]:
-    """One case through the dataset's reader (its diagnostic prints silenced)."""
-    with contextlib.redirect_stdout(io.StringIO()):
-        return source.reader_class().read_images(files)
+    """One case through the dataset's reader (its diagnostic prints silenced), from complete files with finite
+    values only.
+
+    Raises:
+        SynthesisInputError: a file is truncated or corrupt, or holds NaN or infinite values.
+    """
+    try:
+        data, properties = read_complete_images(source.reader_class(), files)
+        check_finite(data, ", ".join(files))
+    except InvalidFileError as error:
+        raise SynthesisInputError(str(error)) from error
+    return data, properties
 
 
 def file_layout(source: SynthesisSource, files: tuple[str, ...]) -> FileLayout:
@@ -165,7 +173,8 @@ def load_training_images(source: SynthesisSource, resolution: int) -> TrainingIm
     """Read, slice, resize and normalise the fold's training images.
 
     Raises:
-        SynthesisInputError: mixed channel counts or file layouts between cases, too few images, NaN values.
+        SynthesisInputError: mixed channel counts or file layouts between cases, too few images, incomplete files,
+            NaN or infinite values.
     """
     rng = np.random.default_rng(0)
     natural = source.reader_class is NaturalImage2DIO
@@ -184,8 +193,6 @@ def load_training_images(source: SynthesisSource, resolution: int) -> TrainingIm
                 f"mixed channel counts: case {case} ({', '.join(files)}) has {data.shape[0]} channel(s), case "
                 f"{first_case} has {layout.num_channels}"
             )
-        if np.isnan(data).any():
-            raise SynthesisInputError(f"case {case} ({', '.join(files)}) contains NaN values")
         flat = data.reshape(data.shape[0], -1)
         minima.append(flat.min(axis=1))
         maxima.append(flat.max(axis=1))

@@ -21,10 +21,10 @@ import torch
 from torch import nn
 
 from nnunet_ext.checkpoints import extract_state_dict, load_weights
+from nnunet_ext.synthesis.presets import WEIGHTS_VARIABLE
 
 logger = logging.getLogger(__name__)
 
-WEIGHTS_VARIABLE = "nnUNet_ext_vgg16_weights"
 #: VGG16 configuration "D": output channels of the convolutions, "M" = 2x2 max pooling
 VGG16_LAYERS = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512)
 #: indices (in ``features``) of relu1_2, relu2_2, relu3_3, relu4_3, relu5_3

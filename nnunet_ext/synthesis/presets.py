@@ -17,6 +17,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
 
+WEIGHTS_VARIABLE = "nnUNet_ext_vgg16_weights"
+"""Environment variable naming the local VGG16 state dict of the LPIPS term (see :mod:`.perceptual`)."""
+
 
 @dataclass(frozen=True)
 class AutoencoderSettings:
