@@ -19,7 +19,7 @@ from nnunet_ext.data.synthetic import SyntheticDatasetSpec, generate_synthetic_d
 
 MARKERS = {
     "slow": "runs nnU-Net's console scripts or trains end to end in subprocesses",
-    "compile": "compiles a trainer's network with inductor beyond the one case per family of the default tier",
+    "compile": "the CUDA-path matrix beyond the default tier: every trainer compiled (inductor) and in float16",
 }
 
 

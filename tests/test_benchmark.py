@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+from nnunet_ext.benchmark import gpu_steps
 from nnunet_ext.benchmark.measure import (
     EAGER,
     FLOP_FORMULAS,
@@ -81,6 +82,13 @@ def test_step_flops_count_each_convolution_gradient_as_one_forward(groups):
     assert step_gflops(lambda: conv(x).sum().backward()) * 1e9 == pytest.approx(3 * forward)
     x.requires_grad_(False)  # no input gradient: forward + weight gradient
     assert step_gflops(lambda: conv(x).sum().backward()) * 1e9 == pytest.approx(2 * forward)
+
+
+def test_nnunets_default_trainer_is_measured_on_its_own_step():
+    preset = BenchmarkPreset(patch_size=(32, 32), batch_size=2, input_channels=1, num_classes=3)
+    setting = BenchmarkSetting("tiny", plans_for_preset("tiny", preset), "tiny", 2, 1, 3)
+    row = measure_trainer("nnUNetTrainer", setting, "cpu", warmup=0, repeats=1, threads=1)
+    assert row["error"] is None and row["network"] == "PlainConvUNet" and row["train_step_ms"] > 0
 
 
 def test_unknown_trainer_is_reported_not_raised():
@@ -332,3 +340,11 @@ def test_graph_breaks_are_counted_with_their_reasons():
     assert graph_breaks(nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU()), torch.ones(1, 1, 8, 8)) == (0, [])
     table = format_graph_break_table([{"trainer": "A", "graph_breaks": 1, "graph_break_reasons": ["why"]}])
     assert table.splitlines()[-1] == "| A | 1 | why |"
+
+
+def test_gpu_script_needs_cuda_and_says_so(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        gpu_steps.main(["-tr", "nnUNetTrainerCMUNeXt", "--steps", "2"])
+    assert exit_info.value.code == 2
+    assert "needs a CUDA device" in capsys.readouterr().err
+    assert setting_from_preset("2d_acdc").patch_size == (256, 224)

@@ -4,8 +4,9 @@ float16 autocast with a GradScaler and bfloat16 autocast stay within 1e-2 of its
 draws in forward stay random in compiled networks, deep supervision switches off on them, and checkpoints move
 between compiled and eager trainers.
 
-The compiled case of one trainer per family runs in the default tier; the whole compiled matrix is marked
-``compile`` (``pytest -m compile``): inductor's C++ code generation takes minutes per network on 2 CPU cores.
+The default tier runs, per family, one trainer compiled and in float16, and every trainer in bfloat16; the rest of the
+matrix is marked ``compile`` (``pytest -m compile``): inductor's C++ code generation takes minutes per network on 2
+CPU cores, and float16 convolutions are emulated on the CPU.
 """
 
 from __future__ import annotations
@@ -16,7 +17,15 @@ import math
 
 import pytest
 import torch
-from cuda_path import MODES, StepResult, compile_like_nnunet_on_cuda, force_cuda_path, one_train_step, small_setting
+from cuda_path import (
+    AUTOCAST_DTYPES,
+    MODES,
+    StepResult,
+    compile_like_nnunet_on_cuda,
+    force_cuda_path,
+    one_train_step,
+    small_setting,
+)
 from dynamic_network_architectures.building_blocks.regularization import DropPath as DNADropPath
 from monai.networks.layers import DropPath as MonaiDropPath
 from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
@@ -107,8 +116,23 @@ def test_compiled_step_equals_the_eager_step(monkeypatch, case):
     assert compiled.terms == pytest.approx(eager.terms, rel=1e-4, abs=1e-6)
 
 
-@pytest.mark.parametrize("mode", [mode for mode in MODES if mode not in ("eager", "compiled")])
-@pytest.mark.parametrize("case", CASES, ids=case_id)
+def mixed_precision_cases() -> list:
+    """bfloat16 for every trainer; float16 (with the GradScaler) for one trainer per family in the default tier, for
+    the others under ``compile`` (float16 convolutions are emulated on the CPU: up to minutes per step)."""
+    return [
+        pytest.param(
+            case,
+            mode,
+            id=f"{case_id(case)}-{mode}",
+            marks=() if mode == "bfloat16" or case in DEFAULT_TIER_COMPILED else pytest.mark.compile,
+        )
+        for case in CASES
+        for mode in MODES
+        if mode in AUTOCAST_DTYPES
+    ]
+
+
+@pytest.mark.parametrize("case, mode", mixed_precision_cases())
 def test_mixed_precision_step_is_close_to_the_eager_step(monkeypatch, case, mode):
     eager, mixed = eager_step(case), step_in_mode(monkeypatch, case, mode)
     assert_finite(eager)

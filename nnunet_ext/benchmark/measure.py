@@ -50,6 +50,7 @@ from nnunet_ext.benchmark.op_classes import op_class_breakdown
 from nnunet_ext.benchmark.presets import BenchmarkSetting
 from nnunet_ext.benchmark.trainer_step import deep_supervision_targets, initialised_trainer, trainer_train_step
 from nnunet_ext.timing import call_seconds, median_milliseconds, memory_in_use, peak_memory_mb, synchronize
+from nnunet_ext.trainers.base import unwrap_module
 from nnunet_ext.trainers.semi_supervised import nnUNetTrainerSemiSupervisedBase
 from nnunet_ext.trainers.steps import supervised_train_step
 
@@ -212,7 +213,7 @@ def measure_trainer(
     except Exception as error:
         measurement.error = f"{type(error).__name__}: {error}"
         return measurement.as_dict()
-    network = trainer.unwrapped_network
+    network = unwrap_module(trainer.network)
     networks = [network, *getattr(trainer, "extra_networks", {}).values()]
     measurement.network = getattr(network, "network_name", type(network).__name__)
     measurement.params = sum(p.numel() for net in networks for p in net.parameters())

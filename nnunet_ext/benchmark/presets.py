@@ -30,6 +30,8 @@ class BenchmarkPreset:
 PRESETS: dict[str, BenchmarkPreset] = {
     "2d_256": BenchmarkPreset(patch_size=(256, 256), batch_size=4, input_channels=3, num_classes=2),
     "2d_224": BenchmarkPreset(patch_size=(224, 224), batch_size=4, input_channels=3, num_classes=9),
+    # ACDC-like 2D plan: nnU-Net's 2d patch for Dataset027_ACDC, cine-MRI (1 channel, background + 3 structures)
+    "2d_acdc": BenchmarkPreset(patch_size=(256, 224), batch_size=14, input_channels=1, num_classes=4),
     "3d_96": BenchmarkPreset(patch_size=(96, 96, 96), batch_size=2, input_channels=1, num_classes=2),
     "3d_aniso": BenchmarkPreset(
         patch_size=(32, 128, 128), batch_size=2, input_channels=1, num_classes=2, spacing=(3.0, 1.0, 1.0)
