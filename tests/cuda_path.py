@@ -14,7 +14,6 @@ from dataclasses import dataclass
 import nnunetv2.training.nnUNetTrainer.nnUNetTrainer as nnunet_trainer_module
 import pytest
 import torch
-import torch._inductor.config
 
 import nnunet_ext.trainers.semi_supervised as semi_supervised_module
 from nnunet_ext.benchmark.presets import BenchmarkPreset, BenchmarkSetting, plans_for_preset
@@ -34,12 +33,11 @@ def small_setting(patch_size: tuple[int, ...], batch_size: int = 4, channels: in
 
 
 def force_cuda_path(monkeypatch: pytest.MonkeyPatch, mode: str) -> None:
-    """Make nnU-Net's CPU training take the CUDA path of ``mode``: ``compiled`` (``_do_i_compile`` on; inductor
-    draws random numbers with eager's generator, so seeded draws equal eager ones), ``float16``/``bfloat16``
-    (autocast on the CPU device where nnU-Net would autocast on CUDA); ``eager`` changes nothing."""
+    """Make nnU-Net's CPU training take the CUDA path of ``mode``: ``compiled`` (``_do_i_compile`` on),
+    ``float16``/``bfloat16`` (autocast on the CPU device where nnU-Net would autocast on CUDA); ``eager`` changes
+    nothing."""
     if mode == "compiled":
         compile_like_nnunet_on_cuda(monkeypatch)
-        monkeypatch.setattr(torch._inductor.config, "fallback_random", True)
     elif mode in AUTOCAST_DTYPES:
         dtype = AUTOCAST_DTYPES[mode]
         for module in (nnunet_trainer_module, semi_supervised_module):

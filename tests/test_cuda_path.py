@@ -75,6 +75,18 @@ FAMILIES: dict[str, list[tuple[str, str]]] = {
     "LabeledOnly": [("nnUNetTrainerLabeledOnly_CMUNeXt", "2d"), ("nnUNetTrainerLabeledOnly", "2d")],
 }
 CASES = [case for cases in FAMILIES.values() for case in cases]
+
+
+@pytest.fixture(autouse=True)
+def fresh_compiler_caches():
+    """Each test compiles from scratch: dynamo's per-code-object caches (and their recompile limit) start empty;
+    inductor draws random numbers with eager's generator, so seeded draws of a compiled step equal eager ones."""
+    torch._dynamo.reset()
+    with torch._inductor.config.patch(fallback_random=True):
+        yield
+    torch._dynamo.reset()
+
+
 DEFAULT_TIER_COMPILED = {cases[0] for cases in FAMILIES.values()}
 
 

@@ -65,3 +65,24 @@ def test_same_parameters_as_nn_conv2d_and_plain_path_where_not_needed():
     assert DepthwiseConv2d(BLOCKWISE_ABOVE + 1, 5).weight_gradient_in_blocks("cpu")
     assert not DepthwiseConv2d(BLOCKWISE_ABOVE + 1, 5).weight_gradient_in_blocks("cuda")
     assert not DepthwiseConv2d(BLOCKWISE_ABOVE, 5).weight_gradient_in_blocks("cpu")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_blockwise_path_under_autocast_matches_the_convolution_in_that_dtype(dtype):
+    torch.manual_seed(0)
+    channels = BLOCKWISE_ABOVE + WEIGHT_GRADIENT_BLOCK
+    ours = DepthwiseConv2d(channels, 5)
+    reference = nn.Conv2d(channels, channels, 5, padding=2, groups=channels)
+    reference.load_state_dict(ours.state_dict())
+    x = torch.randn(2, channels, 6, 6)
+    gradients = []
+    for module in (ours, reference):
+        x_ = x.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=dtype):
+            out = module(x_)
+        assert out.dtype == dtype
+        out.float().square().mean().backward()
+        gradients.append((out.float(), x_.grad, module.weight.grad, module.bias.grad))
+    for ours_tensor, reference_tensor in zip(*gradients):
+        assert ours_tensor.dtype == reference_tensor.dtype
+        torch.testing.assert_close(ours_tensor, reference_tensor, rtol=2e-2, atol=2e-2)

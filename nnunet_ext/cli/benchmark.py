@@ -296,18 +296,17 @@ def main(argv: list[str] | None = None) -> None:
         f"{args.threads} threads, torch {torch.__version__}, {platform.processor() or platform.machine()}\n"
     )
     print(format_table(eager_rows, reference))
-    other_modes = format_mode_table(rows)
-    if other_modes:
-        print(f"\nTrain step in other modes (first step: compilation for a compiled step):\n\n{other_modes}")
-    breaks = format_graph_break_table(rows)
-    if breaks:
-        print(f"\ntorch.compile graph breaks of the training forward:\n\n{breaks}")
-    op_classes = format_op_class_table(eager_rows)
-    if op_classes:
-        print(f"\nOne train step by operation class (time inside the operations, timed one by one):\n\n{op_classes}")
-    schemes = format_scheme_table(eager_rows)
-    if schemes:
-        print(f"\nSemi-supervised train step vs supervised training at the same total batch:\n\n{schemes}")
+    tables = {
+        "Train step in other modes (first step: compilation for a compiled step)": format_mode_table(rows),
+        "torch.compile graph breaks of the training forward": format_graph_break_table(rows),
+        "One train step by operation class (time inside the operations, timed one by one)": format_op_class_table(
+            eager_rows
+        ),
+        "Semi-supervised train step vs supervised training at the same total batch": format_scheme_table(eager_rows),
+    }
+    for title, table in tables.items():
+        if table:
+            print(f"\n{title}:\n\n{table}")
     output = args.output or Path(f"benchmark_{name}_{args.device}.json")
     report = {
         "setting": setting.label,

@@ -56,9 +56,16 @@ class _BlockwiseWeightGradient(torch.autograd.Function):
     def forward(
         ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: tuple[int, int]
     ) -> torch.Tensor:
+        # under autocast, run and save in the dtype autocast gives the convolution, so that the backward's
+        # gradients and saved tensors agree (autograd casts each gradient back to its input's dtype)
+        device = x.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+        x, weight = x.to(dtype), weight.to(dtype)
+        bias = None if bias is None else bias.to(dtype)
         ctx.save_for_backward(x, weight)
         ctx.padding, ctx.has_bias = padding, bias is not None
-        return F.conv2d(x, weight, bias, padding=padding, groups=weight.shape[0])
+        with torch.autocast(device, enabled=False):
+            return F.conv2d(x, weight, bias, padding=padding, groups=weight.shape[0])
 
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor):
