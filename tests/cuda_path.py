@@ -32,12 +32,12 @@ def small_setting(patch_size: tuple[int, ...], batch_size: int = 4, channels: in
     return BenchmarkSetting(name, plans, name, batch_size, channels, classes)
 
 
-def force_cuda_path(monkeypatch: pytest.MonkeyPatch, mode: str) -> None:
-    """Make nnU-Net's CPU training take the CUDA path of ``mode``: ``compiled`` (``_do_i_compile`` on),
-    ``float16``/``bfloat16`` (autocast on the CPU device where nnU-Net would autocast on CUDA); ``eager`` changes
-    nothing."""
+def force_cuda_path(monkeypatch: pytest.MonkeyPatch, mode: str, backend: str = "inductor") -> None:
+    """Make nnU-Net's CPU training take the CUDA path of ``mode``: ``compiled`` (``_do_i_compile`` on, with
+    ``backend``), ``float16``/``bfloat16`` (autocast on the CPU device where nnU-Net would autocast on CUDA);
+    ``eager`` changes nothing."""
     if mode == "compiled":
-        compile_like_nnunet_on_cuda(monkeypatch)
+        compile_like_nnunet_on_cuda(monkeypatch, backend)
     elif mode in AUTOCAST_DTYPES:
         dtype = AUTOCAST_DTYPES[mode]
         for module in (nnunet_trainer_module, semi_supervised_module):
