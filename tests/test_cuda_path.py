@@ -187,10 +187,18 @@ def test_mgcc_auxiliary_outputs_differ_between_steps_of_the_compiled_network():
         assert not torch.equal(first[aux], second[aux])
 
 
-@pytest.mark.parametrize("trainer_name", [name for name in registered_trainer_names()])
+def trainers_with_distinct_networks() -> list[str]:
+    """One registered trainer per network builder (``nnUNetTrainerLabeledOnly_X`` builds ``nnUNetTrainerX``'s)."""
+    by_builder: dict[object, str] = {}
+    for name in registered_trainer_names():
+        by_builder.setdefault(recursive_find_trainer_class_by_name(name).build_network_architecture, name)
+    return list(by_builder.values())
+
+
+@pytest.mark.parametrize("trainer_name", trainers_with_distinct_networks())
 def test_deep_supervision_switches_off_on_the_compiled_network(monkeypatch, trainer_name):
     """nnU-Net compiles, trains with deep supervision, then switches it off for validation and prediction: the
-    compiled network follows the switch (dynamo guards the decoder's flag and recompiles)."""
+    compiled network of every trainer follows the switch (dynamo guards the decoder's flag and recompiles)."""
     compile_like_nnunet_on_cuda(monkeypatch, backend="eager")
     setting = SETTINGS["2d"]
     trainer = initialised_trainer(recursive_find_trainer_class_by_name(trainer_name), setting, torch.device("cpu"))
