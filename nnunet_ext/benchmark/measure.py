@@ -195,8 +195,9 @@ def measure_trainer(
 ) -> dict:
     """Measure ``trainer_name``'s network on ``setting``; meant to run in a fresh process per trainer and mode.
 
-    In the eager mode everything is measured (and the graph breaks of its forward with ``count_graph_breaks``); in
-    another mode only the train step: its time, the first step's seconds (compilation) and peak memory."""
+    Every mode measures the train step: its first call's seconds (compilation, for a compiled step), median time and
+    peak memory; the eager mode also everything else (and the graph breaks of its forward with
+    ``count_graph_breaks``)."""
     from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
 
     import nnunet_ext  # noqa: F401  (installs the trainer lookup when the startup hook is absent)
@@ -221,17 +222,13 @@ def measure_trainer(
     batch = torch.randn(setting.batch_size, setting.input_channels, *setting.patch_size, device=device)
     train_step = trainer_train_step(trainer, batch, setting.num_classes, mode.autocast_dtype)
     measurement.mode = mode.name
+    time_train_step(measurement, train_step, device, memory_before, warmup, repeats)
     if mode != EAGER:
-        return measure_step_only(measurement, train_step, device, memory_before, warmup, repeats)
+        return measurement.as_dict()
     is_scheme = isinstance(trainer, nnUNetTrainerSemiSupervisedBase)
     if is_scheme:
         supervised_trainer = trainer_class.supervised_trainer
         measurement.supervised_reference = supervised_trainer.__name__ if supervised_trainer else None
-
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    measurement.train_step_ms = median_milliseconds(train_step, device, warmup, repeats)
-    measurement.peak_memory_mb = peak_memory_mb(device, memory_before)
     measurement.op_classes = op_class_breakdown(train_step, FLOP_FORMULAS, partial(synchronize, device))
     # the classes partition the step's operations, with the FLOP formulas of flop_counter()
     measurement.train_step_gflops = sum(op["gflops"] for op in measurement.op_classes.values())
@@ -255,18 +252,18 @@ def measure_trainer(
     return measurement.as_dict()
 
 
-def measure_step_only(
+def time_train_step(
     measurement: Measurement,
     train_step: Callable[[], object],
     device: torch.device,
     memory_before: int,
     warmup: int,
     repeats: int,
-) -> dict:
-    """The train step's first-call seconds (compilation, for a compiled step), median time and peak memory."""
+) -> None:
+    """Fill in the train step's first-call seconds (compilation, for a compiled step), median time and peak
+    memory."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     measurement.first_step_seconds = call_seconds(train_step, device)
     measurement.train_step_ms = median_milliseconds(train_step, device, warmup, repeats)
     measurement.peak_memory_mb = peak_memory_mb(device, memory_before)
-    return measurement.as_dict()
