@@ -8,12 +8,14 @@ the trainer the GradScaler nnU-Net creates on CUDA. Nothing of nnunet_ext is cha
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
 import nnunetv2.training.nnUNetTrainer.nnUNetTrainer as nnunet_trainer_module
 import pytest
 import torch
+import torch.nn.functional as F
 
 import nnunet_ext.trainers.semi_supervised as semi_supervised_module
 from nnunet_ext.benchmark.presets import BenchmarkPreset, BenchmarkSetting, plans_for_preset
@@ -42,6 +44,20 @@ def force_cuda_path(monkeypatch: pytest.MonkeyPatch, mode: str, backend: str = "
         dtype = AUTOCAST_DTYPES[mode]
         for module in (nnunet_trainer_module, semi_supervised_module):
             monkeypatch.setattr(module, "dummy_context", lambda: torch.autocast("cpu", dtype=dtype))
+        monkeypatch.setattr(F, "conv3d", functools.partial(conv3d_padded_explicitly, F.conv3d))
+
+
+def conv3d_padded_explicitly(conv3d, input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    """``conv3d`` with its zero padding applied by ``F.pad`` first: the same values and gradients. torch 2.13's CPU
+    oneDNN computes the reduced-precision weight gradient of a padded 3D convolution from memory out of bounds when
+    the kernel exceeds the input: NaN, values near 1e33 or a crash in about one call in three (measured here for
+    ``Conv3d(128, 1, 7, padding=3)`` on a (4, 128, 4, 8, 8) bfloat16 input, the shape of GCT-UNet's spatial gate on
+    its coarsest decoder level; unpadded, 2D and float32 are not affected). nnU-Net autocasts only on CUDA, where
+    cuDNN computes these convolutions: a workaround of the CPU emulation, not of nnunet_ext."""
+    if isinstance(padding, str) or not any(padding := (padding,) * 3 if isinstance(padding, int) else padding):
+        return conv3d(input, weight, bias, stride, padding, dilation, groups)
+    pads = [p for p in reversed(padding) for _ in range(2)]
+    return conv3d(F.pad(input, pads), weight, bias, stride, 0, dilation, groups)
 
 
 @dataclass

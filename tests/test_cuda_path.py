@@ -23,6 +23,7 @@ from cuda_path import (
     MODES,
     StepResult,
     compile_like_nnunet_on_cuda,
+    conv3d_padded_explicitly,
     force_cuda_path,
     one_train_step,
     small_setting,
@@ -158,6 +159,20 @@ def test_mixed_precision_step_is_close_to_the_eager_step(monkeypatch, case, mode
     assert_finite(eager)
     assert_finite(mixed)
     assert mixed.loss == pytest.approx(eager.loss, rel=1e-2)
+
+
+@pytest.mark.parametrize("padding", [0, 2, (1, 2, 3), "same"])
+def test_explicitly_padded_conv3d_of_the_cpu_emulation_equals_conv3d(padding):
+    """The harness's 3D convolution under autocast (``conv3d_padded_explicitly``): values and gradients of
+    ``F.conv3d``."""
+    torch.manual_seed(0)
+    x, weight, bias = (torch.randn(*shape, requires_grad=True) for shape in [(2, 4, 5, 8, 8), (2, 4, 3, 5, 7), (2,)])
+    results = []
+    for conv3d in (torch.nn.functional.conv3d, functools.partial(conv3d_padded_explicitly, torch.nn.functional.conv3d)):
+        y = conv3d(x, weight, bias, padding=padding)
+        results.append((y, *torch.autograd.grad(y.square().sum(), (x, weight, bias))))
+    for expected, actual in zip(*results):
+        torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-5)  # float32 sums in another order
 
 
 # ---------------------------------------------------------------------------------- randomness and mode switches
