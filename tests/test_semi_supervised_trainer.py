@@ -8,6 +8,7 @@ files replaced by garbage: any read of a pool label would fail the run.
 from __future__ import annotations
 
 import json
+import math
 from functools import partial
 from typing import ClassVar
 
@@ -17,11 +18,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from cuda_path import small_setting
 from nnunet_runs import SHORT_SCHEDULE
 from nnunetv2.run.run_training import get_trainer_from_args, maybe_load_checkpoint, run_training
 from PIL import Image
 from torch import nn
 
+from nnunet_ext.benchmark.trainer_step import initialised_trainer, trainer_train_step
 from nnunet_ext.data.synthetic import synthesize_case
 from nnunet_ext.registration import TRAINERS
 from nnunet_ext.ssl.preprocessing import StalePoolError, preprocess_pool
@@ -34,6 +37,8 @@ from nnunet_ext.ssl.unlabeled_data import (
     nnUNetUnlabeledDataLoader,
 )
 from nnunet_ext.trainers.cmunext import build_cmunext
+from nnunet_ext.trainers.guidednet import nnUNetTrainerGuidedNet_CMUNeXt
+from nnunet_ext.trainers.mgcc import nnUNetTrainerMGCC_CMUNeXt
 from nnunet_ext.trainers.semi_supervised import (
     CHECKPOINT_KEY,
     SemiSupervisedBatch,
@@ -93,6 +98,31 @@ def test_sigmoid_rampup_reproduces_the_published_ssl4mis_values():
         assert ramped_weight(7.0, iteration, 200) == pytest.approx(7.0 * value, abs=7.0 * 6e-4)
     assert ramped_weight(1.0, 149, 200) == ramped_weight(1.0, 0, 200)  # advances every 150 iterations
     assert sigmoid_rampup(5, 0) == 1.0 and sigmoid_rampup(-3, 10) == pytest.approx(np.exp(-5))
+
+
+@pytest.mark.parametrize(
+    ("trainer_class", "full_weight"), [(nnUNetTrainerMGCC_CMUNeXt, 7.0), (nnUNetTrainerGuidedNet_CMUNeXt, 0.1)]
+)
+def test_relative_rampup_gives_the_published_weight_at_the_same_fraction_of_the_run(
+    monkeypatch, trainer_class, full_weight
+):
+    """A 1 000-iteration run: at its middle the published ramp (counted in iterations) is still at its start; the
+    relative ramp is where the published one is at the middle of its 20 000-iteration run (ramp step 66 of 200)."""
+    monkeypatch.setenv("nnUNet_ext_num_epochs", "4")
+    monkeypatch.setenv("nnUNet_ext_num_iterations_per_epoch", "250")
+    setting = small_setting((64, 64))
+    expected = {"published": math.exp(-5 * (1 - 3 / 200) ** 2), "relative": math.exp(-5 * (1 - 66 / 200) ** 2)}
+    for mode, fraction in expected.items():
+        monkeypatch.setenv("nnUNet_ext_rampup", mode)
+        torch.manual_seed(0)
+        trainer = initialised_trainer(trainer_class, setting, torch.device("cpu"))
+        assert trainer.rampup_end == {"published": 30_000, "relative": 1_500}[mode]
+        data = torch.randn(setting.batch_size, setting.input_channels, *setting.patch_size)
+        terms = trainer_train_step(trainer, data, setting.num_classes, global_iteration=500)()["loss_terms"]
+        assert terms["consistency_weight"] == pytest.approx(full_weight * fraction, rel=1e-6)
+    monkeypatch.setenv("nnUNet_ext_rampup", "linear")
+    with pytest.raises(ValueError, match="nnUNet_ext_rampup='linear'"):
+        initialised_trainer(trainer_class, setting, torch.device("cpu"))
 
 
 @pytest.mark.parametrize(("batch_size", "expected"), [(2, (1, 1)), (8, (4, 4)), (5, (3, 2)), (12, (6, 6)), (1, (1, 1))])

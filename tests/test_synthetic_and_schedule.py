@@ -11,7 +11,7 @@ from PIL import Image
 
 from nnunet_ext.data.atomic import atomic_directory
 from nnunet_ext.data.synthetic import LABELS, SyntheticDatasetSpec, generate_synthetic_dataset, synthesize_case
-from nnunet_ext.trainers.schedule import schedule_overrides
+from nnunet_ext.trainers.schedule import rampup_mode, schedule_overrides
 
 
 def test_2d_dataset_layout_and_content(tmp_path):
@@ -103,3 +103,10 @@ def test_schedule_overrides_from_environment():
 def test_bad_schedule_values_name_the_variable(value):
     with pytest.raises(ValueError, match=f"nnUNet_ext_num_val_iterations_per_epoch={value!r}"):
         schedule_overrides({"nnUNet_ext_num_val_iterations_per_epoch": value})
+
+
+def test_rampup_mode_from_environment():
+    assert rampup_mode({}) == "published" and rampup_mode({"nnUNet_ext_rampup": " "}) == "published"
+    assert rampup_mode({"nnUNet_ext_rampup": "relative"}) == "relative"
+    with pytest.raises(ValueError, match="nnUNet_ext_rampup='Relative': expected one of published, relative"):
+        rampup_mode({"nnUNet_ext_rampup": "Relative"})

@@ -32,6 +32,8 @@ PRESETS: dict[str, BenchmarkPreset] = {
     "2d_224": BenchmarkPreset(patch_size=(224, 224), batch_size=4, input_channels=3, num_classes=9),
     # ACDC-like 2D plan: nnU-Net's 2d patch for Dataset027_ACDC, cine-MRI (1 channel, background + 3 structures)
     "2d_acdc": BenchmarkPreset(patch_size=(256, 224), batch_size=14, input_channels=1, num_classes=4),
+    # a small 2D plan: what nnU-Net plans for a dataset of small 2D images (1 channel, background + 1 structure)
+    "2d_small": BenchmarkPreset(patch_size=(80, 112), batch_size=5, input_channels=1, num_classes=2),
     "3d_96": BenchmarkPreset(patch_size=(96, 96, 96), batch_size=2, input_channels=1, num_classes=2),
     "3d_aniso": BenchmarkPreset(
         patch_size=(32, 128, 128), batch_size=2, input_channels=1, num_classes=2, spacing=(3.0, 1.0, 1.0)

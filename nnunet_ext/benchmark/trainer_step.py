@@ -93,12 +93,17 @@ def deep_supervision_targets(trainer: nnUNetTrainer, batch_size: int, num_classe
 
 
 def trainer_train_step(
-    trainer: nnUNetTrainer, data: torch.Tensor, num_classes: int, autocast_dtype: torch.dtype | None = None
+    trainer: nnUNetTrainer,
+    data: torch.Tensor,
+    num_classes: int,
+    autocast_dtype: torch.dtype | None = None,
+    global_iteration: int | None = None,
 ) -> Callable[[], dict]:
     """One real ``trainer.train_step`` on ``data`` (B, C, *S) per call, with random targets.
 
     A semi-supervised trainer takes its labeled share of ``data`` (:meth:`batch_composition`) with targets and the
-    rest as its unlabeled batch, at ``global_iteration = rampup_iterations`` (every ramped weight at full value).
+    rest as its unlabeled batch, at ``global_iteration`` (default: its ``rampup_end``, every ramped weight at full
+    value).
 
     Args:
         autocast_dtype: run the step under ``torch.autocast`` of the data's device with this dtype, as nnU-Net runs
@@ -132,7 +137,7 @@ def trainer_train_step(
 
     def step() -> dict:
         if isinstance(trainer, nnUNetTrainerSemiSupervisedBase):
-            trainer.global_iteration = trainer.rampup_iterations
+            trainer.global_iteration = trainer.rampup_end if global_iteration is None else global_iteration
         with precision:
             return trainer.train_step(batch)
 

@@ -23,6 +23,8 @@ CGMM_WEIGHT = 0.3
 CONSISTENCY_WEIGHT = 0.1
 #: the official ``--consistency_rampup``, in steps of 150 iterations
 CONSISTENCY_RAMPUP = 200
+#: the published run the ramp belongs to (``--max_iterations 20000``)
+PUBLISHED_ITERATIONS = 20_000
 
 
 def guidednet_loss(

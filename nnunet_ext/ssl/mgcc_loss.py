@@ -34,6 +34,8 @@ from nnunet_ext.ssl.ramps import ramped_weight
 #: lambda_max of the consistency weight (``--consistency 7``) and its ramp length in steps of 150 iterations
 CONSISTENCY_WEIGHT = 7.0
 CONSISTENCY_RAMPUP = 200
+#: the published run the ramp belongs to: ``max_iterations = 40000 * semi_percent`` at the default 0.5
+PUBLISHED_ITERATIONS = 20_000
 #: smoothing of the per-sample soft Dice (``BCEDiceLoss``)
 DICE_SMOOTH = 1e-5
 #: weight of the cross-entropy term of ``BCEDiceLoss``

@@ -15,7 +15,8 @@ the same architecture with different initialisations, trained jointly on batches
 - ``ktcps``: KT-CPS (:mod:`nnunet_ext.ssl.ktcps`) on the full-resolution logits of the whole batch, with one
   class-weight EMA state per network (``ktcps_shared_state = True``: the official single shared state).
 
-The ramp is counted in nnU-Net iterations over the whole run (``global_iteration``, restored by ``--c``).
+The ramp is counted in nnU-Net iterations over the whole run (``global_iteration``, restored by ``--c``), or
+relative to the run's length with ``nnUNet_ext_rampup=relative`` (``ramp_iteration``).
 
 Backbone: the plans' network (nnU-Net's PlainConvUNet, or the combined architecture), not the official 16-filter
 3D U-Net with dropout; 3D-CGMM runs on its last decoder feature (32 channels for nnU-Net's U-Net, 16 officially).
@@ -58,7 +59,7 @@ from torch.nn.modules.conv import _ConvNd
 
 from nnunet_ext.checkpoints import load_training_checkpoint
 from nnunet_ext.networks.features import PARTNER_PREFIX, FeatureNetwork
-from nnunet_ext.ssl.guidednet import CONSISTENCY_RAMPUP, guidednet_loss
+from nnunet_ext.ssl.guidednet import CONSISTENCY_RAMPUP, PUBLISHED_ITERATIONS, guidednet_loss
 from nnunet_ext.ssl.ktcps import KTCPSClassWeights
 from nnunet_ext.ssl.ramps import ITERATIONS_PER_RAMP_STEP
 from nnunet_ext.trainers.base import unwrap_module
@@ -146,6 +147,7 @@ class nnUNetTrainerGuidedNet(nnUNetTrainerSemiSupervisedBase):
     #: the official single KT-CPS class-weight state updated twice per iteration (default: one per network)
     ktcps_shared_state: bool = False
     rampup_iterations = CONSISTENCY_RAMPUP * ITERATIONS_PER_RAMP_STEP
+    published_iterations = PUBLISHED_ITERATIONS
 
     def initialize(self):
         super().initialize()
@@ -205,7 +207,7 @@ class nnUNetTrainerGuidedNet(nnUNetTrainerSemiSupervisedBase):
             batch.target,
             self.loss,
             self.ktcps_weights,
-            self.global_iteration,
+            self.ramp_iteration,
             self.all_reduce,
         )
 

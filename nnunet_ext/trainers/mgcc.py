@@ -22,7 +22,7 @@ from torch import nn
 
 from nnunet_ext.networks.common import SegmentationNetwork
 from nnunet_ext.networks.mgcc import MGCC_DIMS, MGCCNetwork, mgcc_from_backbones, mgcc_unet
-from nnunet_ext.ssl.mgcc_loss import CONSISTENCY_RAMPUP, MGCCObjective, consistency_weight
+from nnunet_ext.ssl.mgcc_loss import CONSISTENCY_RAMPUP, PUBLISHED_ITERATIONS, MGCCObjective, consistency_weight
 from nnunet_ext.ssl.ramps import ITERATIONS_PER_RAMP_STEP
 from nnunet_ext.trainers.cmunext import nnUNetTrainerCMUNeXt
 from nnunet_ext.trainers.gcgle import nnUNetTrainerGCGLE
@@ -90,8 +90,9 @@ class nnUNetTrainerMGCC(nnUNetTrainerSemiSupervisedBase):
 
     Scheme constants are the published ones: half labeled / half unlabeled per batch, supervised BCE/CE + Dice on the
     labeled half averaged over the four heads, MSE consistency between the main and each auxiliary probability map on
-    the unlabeled half with weight ``7 * sigmoid_rampup(iteration // 150, 200)`` in nnU-Net iterations (the
-    0-based global iteration, restored on ``--c``). Deep supervision on the main decoder as nnU-Net does.
+    the unlabeled half with weight ``7 * sigmoid_rampup(iteration // 150, 200)`` in nnU-Net iterations (the 0-based
+    global iteration, restored on ``--c``; relative to the run's length with ``nnUNet_ext_rampup=relative``). Deep
+    supervision on the main decoder as nnU-Net does.
 
     Training recipe: nnU-Net's (SGD momentum 0.99 Nesterov, lr 1e-2, weight decay 3e-5, poly, 1000 x 250
     iterations, nnU-Net's augmentation), kept so results compare with nnU-Net's; it was not compared here with the
@@ -102,6 +103,7 @@ class nnUNetTrainerMGCC(nnUNetTrainerSemiSupervisedBase):
     scheme_architecture = staticmethod(mgcc_architecture)
     build_network_architecture = mgcc_architecture(build_mgcc_unet)
     rampup_iterations = CONSISTENCY_RAMPUP * ITERATIONS_PER_RAMP_STEP
+    published_iterations = PUBLISHED_ITERATIONS
 
     def __init__(
         self,
@@ -126,7 +128,7 @@ class nnUNetTrainerMGCC(nnUNetTrainerSemiSupervisedBase):
 
     def compute_scheme_loss(self, batch: SemiSupervisedBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
         outputs = self.network(batch.data)
-        return self.objective(outputs, batch.target, batch.num_labeled, consistency_weight(self.global_iteration))
+        return self.objective(outputs, batch.target, batch.num_labeled, consistency_weight(self.ramp_iteration))
 
 
 class nnUNetTrainerMGCC_CMUNeXt(nnUNetTrainerMGCC):

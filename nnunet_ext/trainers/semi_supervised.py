@@ -45,6 +45,7 @@ from nnunet_ext.ssl.unlabeled_data import (
 from nnunet_ext.trainers.base import nnUNetTrainerExtBase, unwrap_module
 from nnunet_ext.trainers.labeled_subset import LabeledSubsetSplit
 from nnunet_ext.trainers.progress import plot_loss_terms
+from nnunet_ext.trainers.schedule import RAMPUP_VARIABLE, rampup_mode
 from nnunet_ext.trainers.steps import GRADIENT_CLIP_NORM
 
 #: checkpoint key of everything the semi-supervised base adds to nnU-Net's checkpoint
@@ -119,7 +120,7 @@ class nnUNetTrainerSemiSupervisedBase(LabeledSubsetSplit, nnUNetTrainerExtBase, 
                 logits1, logits2 = output1[0], output2[0]  # full resolution (deep supervision on)
                 cps = F.cross_entropy(logits1, logits2.argmax(1).detach(), self.class_weights) + F.cross_entropy(
                     logits2, logits1.argmax(1).detach(), self.class_weights)
-                weight = ramped_weight(0.1, self.global_iteration, rampup_length=200)
+                weight = ramped_weight(0.1, self.ramp_iteration, rampup_length=200)
                 return supervised + weight * cps, {"supervised": supervised, "cps": cps, "cps_weight": weight}
     """
 
@@ -135,8 +136,11 @@ class nnUNetTrainerSemiSupervisedBase(LabeledSubsetSplit, nnUNetTrainerExtBase, 
     #: the scheme's ``build_network_architecture`` on a supervised trainer's architecture (a staticmethod of a
     #: function ``supervised_trainer -> staticmethod``); schemes that can run on other architectures set it
     scheme_architecture: staticmethod | None = None
-    #: ``global_iteration`` from which the scheme's ramped loss weights are at their full value
+    #: iteration of the published schedule from which the scheme's ramped loss weights are at their full value
     rampup_iterations: int = 0
+    #: length in iterations of the published run the ramp-up constants belong to (``nnUNet_ext_rampup=relative``
+    #: maps this run onto it); None: the scheme has no ramp-up
+    published_iterations: int | None = None
 
     def __init_subclass__(cls, **kwargs):
         """A subclass that sets ``supervised_trainer`` trains the scheme on that trainer's architecture, e.g.
@@ -160,6 +164,13 @@ class nnUNetTrainerSemiSupervisedBase(LabeledSubsetSplit, nnUNetTrainerExtBase, 
     ):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.global_iteration = 0
+        self.rampup_mode = rampup_mode()
+        if self.rampup_is_relative:
+            self.print_to_log_file(
+                f"Ramp-ups relative to the run ({RAMPUP_VARIABLE}=relative): full weight after {self.rampup_end} of "
+                f"this run's {self.run_iterations} iterations (published: {self.rampup_iterations} of "
+                f"{self.published_iterations})"
+            )
         self.labeled_batch_size: int | None = None
         self.unlabeled_batch_size: int | None = None
         self.unlabeled_pool: UnlabeledPool | None = None
@@ -168,6 +179,31 @@ class nnUNetTrainerSemiSupervisedBase(LabeledSubsetSplit, nnUNetTrainerExtBase, 
         self._extra_optimizers: dict[str, torch.optim.Optimizer] = {}
         self._extra_lr_schedulers: dict[str, object] = {}
         self._extra_state_names: list[str] = []
+
+    @property
+    def run_iterations(self) -> int:
+        """Training iterations of this run: ``num_epochs * num_iterations_per_epoch``."""
+        return self.num_epochs * self.num_iterations_per_epoch
+
+    @property
+    def rampup_is_relative(self) -> bool:
+        return self.rampup_mode == "relative" and bool(self.published_iterations)
+
+    @property
+    def ramp_iteration(self) -> int:
+        """The iteration that ramp-ups read: ``global_iteration`` (published schedule), or with
+        ``nnUNet_ext_rampup=relative`` the iteration at the same fraction of the published run,
+        ``global_iteration * published_iterations // run_iterations``."""
+        if not self.rampup_is_relative:
+            return self.global_iteration
+        return self.global_iteration * self.published_iterations // self.run_iterations
+
+    @property
+    def rampup_end(self) -> int:
+        """The first ``global_iteration`` at which every ramped weight is at its full value."""
+        if not self.rampup_is_relative:
+            return self.rampup_iterations
+        return math.ceil(self.rampup_iterations * self.run_iterations / self.published_iterations)
 
     # ----------------------------------------------------------------------------------------------- scheme API
     @abstractmethod
@@ -179,9 +215,9 @@ class nnUNetTrainerSemiSupervisedBase(LabeledSubsetSplit, nnUNetTrainerExtBase, 
         Forward each network once on ``batch.data`` and cut the output with ``batch.split``: one forward is what the
         published schemes do and what DistributedDataParallel requires. ``self.loss`` is nnU-Net's Dice + CE (deep
         supervision) for the labeled part; ``self.global_iteration`` is the 0-based iteration over the whole run
-        (restored on ``--c``), for ramp-ups. Return the same terms every step (ramp weights as plain floats): each is
-        averaged over the epoch (and the ranks), logged as ``train_loss_{term}`` and plotted to ``progress_ssl.png``.
-        """
+        (restored on ``--c``) and ``self.ramp_iteration`` the iteration ramp-ups read. Return the same terms every step
+        (ramp weights as plain floats): each is averaged over the epoch (and the ranks), logged as ``train_loss_{term}``
+        and plotted to ``progress_ssl.png``."""
 
     def initialise_scheme_state(self, class_histogram: torch.Tensor) -> None:
         """Set the scheme's state for a fresh run from the labeled cases' voxel counts per class (K,), e.g. class
