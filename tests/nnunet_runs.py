@@ -70,6 +70,14 @@ class NNUNetEnvironment:
         folder_name = next(p.name for p in self.results.iterdir() if p.name.startswith(f"Dataset{dataset_id:03d}_"))
         return self.results / folder_name / f"{trainer}__nnUNetPlans__{configuration}" / "fold_0"
 
+    def trained(self, dataset_id: int, configuration: str, trainer: str) -> Path:
+        """The fold-0 folder of ``trainer`` trained on ``SHORT_SCHEDULE`` (by an earlier test of the session, else
+        now)."""
+        results = [p for p in self.results.glob(f"Dataset{dataset_id:03d}_*/{trainer}__nnUNetPlans__{configuration}")]
+        if results and (results[0] / "fold_0" / "checkpoint_final.pth").is_file():
+            return results[0] / "fold_0"
+        return self.train(dataset_id, configuration, trainer)
+
     def predict(self, spec: SyntheticDatasetSpec, configuration: str, trainer: str, output: Path) -> Path:
         """Sequential ``nnUNetv2_predict`` of the dataset's imagesTs with fold 0 on the CPU; returns ``output``."""
         self.run(

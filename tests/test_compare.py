@@ -8,12 +8,14 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from nnunetv2.evaluation.evaluate_predictions import save_summary_json
 from test_evaluation import write_volume
 
 from nnunet_ext.evaluation import crossval
 from nnunet_ext.evaluation.crossval import cache_file, compare_trainers
-from nnunet_ext.evaluation.reports import write_comparison_report
+from nnunet_ext.evaluation.learning_curves import read_learning_curve
+from nnunet_ext.evaluation.reports import LEARNING_CURVES_PNG, write_comparison_report
 
 LABELS = {"background": 0, "liver": 1, "spleen": 2}
 FOLDS = {0: ["case_0", "case_1"], 1: ["case_2", "case_3"]}
@@ -134,6 +136,62 @@ def test_extended_metrics_are_cached_until_predictions_or_settings_change(tmp_pa
     write_volume(validation / "case_0.nii.gz", reference_volume(), SPACING)
     summaries, _, _ = compare_trainers(shifted, gt_folder, "nnunet", ["dice"])
     assert summaries[0].fold_means["Dice"][0] == pytest.approx((1 + (5 / 6 + 1) / 2) / 2)
+
+
+def nnunet_logging(epochs: int, start: float, epoch_seconds: list[float]) -> dict:
+    """nnU-Net's logger state (``nnUNetLogger.get_checkpoint()``) after ``epochs`` epochs of the given durations."""
+    ends = start + np.cumsum(epoch_seconds)
+    return {
+        "mean_fg_dice": [0.1 * (e + 1) for e in range(epochs)],
+        "ema_fg_dice": [0.05 * (e + 1) for e in range(epochs)],
+        "dice_per_class_or_region": [[0.1, 0.2]] * epochs,
+        "train_losses": [1.0 / (e + 1) for e in range(epochs)],
+        "val_losses": [1.5 / (e + 1) for e in range(epochs)],
+        "lrs": [0.01] * epochs,
+        "epoch_start_timestamps": [start, *ends[:-1]],
+        "epoch_end_timestamps": list(ends),
+    }
+
+
+def test_learning_curves_come_from_the_checkpoints_logging(tmp_path):
+    folders, gt_folder = make_results(tmp_path / "results", tmp_path / "preprocessed")
+    perfect = folders["nnUNetTrainerPerfect"]
+    durations = [30.0, 10.0, 12.0, 11.0]  # the first epoch slowed (compilation): the median leaves it out
+    torch.save({"logging": nnunet_logging(4, 1000.0, durations)}, perfect / "fold_0" / "checkpoint_final.pth")
+    (perfect / "fold_0" / "debug.json").write_text(json.dumps({"num_iterations_per_epoch": "5"}))
+    torch.save({"logging": nnunet_logging(2, 50.0, [20.0, 20.0])}, perfect / "fold_1" / "checkpoint_latest.pth")
+
+    curve = read_learning_curve(perfect / "fold_0")
+    assert curve.checkpoint == "checkpoint_final.pth" and curve.epochs == 4 and curve.iterations_per_epoch == 5
+    assert curve.pseudo_dice == pytest.approx([0.1, 0.2, 0.3, 0.4]) and curve.val_loss[1] == 0.75
+    assert curve.elapsed_seconds == [30.0, 40.0, 52.0, 63.0] and curve.training_seconds == 63.0
+    assert curve.seconds_per_iteration == pytest.approx(11.5 / 5) and curve.best_ema_pseudo_dice == pytest.approx(0.2)
+    latest = read_learning_curve(perfect / "fold_1")
+    assert latest.checkpoint == "checkpoint_latest.pth" and latest.iterations_per_epoch == 250
+    assert read_learning_curve(folders["nnUNetTrainerShifted"] / "fold_0") is None
+
+    summaries, columns, header = compare_trainers(folders, gt_folder, "nnunet", ["dice"])
+    assert set(summaries[0].curves) == {0, 1} and summaries[1].curves == {}
+    header = {"dataset": "Dataset979", "configuration": "3d_fullres", "plans": "nnUNetPlans", **header}
+    output = write_comparison_report(summaries, columns, header, tmp_path / "out")
+    markdown = (output / "compare.md").read_text()
+    seconds_per_iteration = (11.5 / 5 + 20.0 / 250) / 2
+    training_minutes = (63.0 + 40.0) / 2 / 60
+    timing = f"{seconds_per_iteration:.3f} | {training_minutes:.1f} min"
+    assert f"| nnUNetTrainerPerfect | 0,1 | 3 | {timing} | 0.1500 | 0.3000 |" in markdown
+    assert "| nnUNetTrainerShifted | - | no checkpoint |" in markdown
+    compared = json.loads((output / "compare.json").read_text())["trainers"]
+    assert compared["nnUNetTrainerPerfect"]["learning_curves"]["0"]["elapsed_seconds"] == [30.0, 40.0, 52.0, 63.0]
+    assert compared["nnUNetTrainerShifted"]["learning_curves"] == {}
+    assert (output / LEARNING_CURVES_PNG).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_no_learning_curves_without_checkpoints(tmp_path):
+    folders, gt_folder = make_results(tmp_path / "results", tmp_path / "preprocessed")
+    summaries, columns, header = compare_trainers(folders, gt_folder, "nnunet", ["dice"])
+    header = {"dataset": "Dataset979", "configuration": "3d_fullres", "plans": "nnUNetPlans", **header}
+    output = write_comparison_report(summaries, columns, header, tmp_path / "out")
+    assert not (output / LEARNING_CURVES_PNG).exists() and "## Training" not in (output / "compare.md").read_text()
 
 
 def test_compare_rejects_missing_folds_and_results(tmp_path):

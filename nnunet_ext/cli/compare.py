@@ -21,7 +21,10 @@ def build_parser() -> argparse.ArgumentParser:
         "summary.json (Dice, IoU) plus the extended metrics of the validation predictions, computed against "
         "$nnUNet_preprocessed/DatasetXXX/gt_segmentations on first use and cached in each validation folder "
         "(summary_ext_PROTOCOL.json). With the nnunet protocol, Dice and IoU (nnU-Net's own) come from summary.json "
-        "only unless --metrics names them. Writes compare.md, compare.csv, compare.json and compare.png.",
+        "only unless --metrics names them. Writes compare.md, compare.csv, compare.json and compare.png, and from the "
+        "logging in each fold's checkpoint_final.pth (else checkpoint_latest.pth) learning curves (validation "
+        "pseudo-Dice, train and validation loss against epoch and wall-clock time) in learning_curves.png with a "
+        "table of seconds per iteration, training time and best pseudo-Dice.",
     )
     parser.add_argument("-d", required=True, help="dataset name or ID")
     parser.add_argument("-c", required=True, help="configuration, e.g. 2d or 3d_fullres")

@@ -20,6 +20,7 @@ from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
 from nnunet_ext.data.atomic import atomic_file
 from nnunet_ext.evaluation.folders import CaseWorkers, ClassSet, EvaluationSettings, evaluate_folder, match_cases
+from nnunet_ext.evaluation.learning_curves import fold_curves
 from nnunet_ext.evaluation.metrics import METRICS
 from nnunet_ext.evaluation.protocols import PROTOCOLS
 from nnunet_ext.evaluation.reports import Column, TrainerSummary, case_foreground_means, nanmean, write_json
@@ -141,7 +142,9 @@ def compare_trainers(
                         validation, gt_folder, plans_manager, dataset_json, classes, settings, workers, recompute
                     ),
                 )
-            summaries.append(_trainer_summary(name, Path(folder), fold_summaries, columns, classes.keys))
+            summary = _trainer_summary(name, Path(folder), fold_summaries, columns, classes.keys)
+            summary.curves = fold_curves(folder, trainer_folds[name])
+            summaries.append(summary)
     header = {
         "protocol": settings.protocol.name,
         "unit": settings.protocol.unit,

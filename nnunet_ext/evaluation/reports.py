@@ -12,7 +12,7 @@ import math
 import os
 import shutil
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,10 +20,12 @@ from pathlib import Path
 import numpy as np
 
 from nnunet_ext.data.atomic import atomic_directory, staging_directory
+from nnunet_ext.evaluation.learning_curves import LearningCurve, curves_markdown
 from nnunet_ext.evaluation.metrics import METRICS
 
 EVALUATION_JSON = "metrics.json"
 COMPARISON_JSON = "compare.json"
+LEARNING_CURVES_PNG = "learning_curves.png"
 
 
 def nanmean(values: Sequence[float]) -> float:
@@ -204,7 +206,8 @@ class Column:
 @dataclass
 class TrainerSummary:
     """One trainer's cross-validation results, per column: the foreground mean of each fold, the class means
-    averaged over folds, and the per-case foreground means of all folds (for the plot)."""
+    averaged over folds, the per-case foreground means of all folds (for the plot) and the learning curves of the
+    folds with a checkpoint."""
 
     trainer: str
     folder: str
@@ -213,12 +216,14 @@ class TrainerSummary:
     fold_means: dict[str, dict[int, float]] = field(default_factory=dict)
     class_means: dict[str, dict[str, float]] = field(default_factory=dict)
     case_values: dict[str, list[float]] = field(default_factory=dict)
+    curves: dict[int, LearningCurve] = field(default_factory=dict)
 
 
 def write_comparison_report(
     trainers: Sequence[TrainerSummary], columns: Sequence[Column], header: dict, folder: str | os.PathLike
 ) -> Path:
-    """Write ``compare.json``, ``compare.csv``, ``compare.md`` and ``compare.png`` into ``folder``."""
+    """Write ``compare.json``, ``compare.csv``, ``compare.md``, ``compare.png`` and, when a trainer has a checkpoint
+    with logging, ``learning_curves.png`` into ``folder``."""
     with report_folder(folder, COMPARISON_JSON) as staging:
         write_json(
             {
@@ -233,6 +238,7 @@ def write_comparison_report(
                         "std": {c.label: nanstd(list(t.fold_means[c.label].values())) for c in columns},
                         "fold_means": t.fold_means,
                         "class_means": t.class_means,
+                        "learning_curves": {fold: curve.to_json() for fold, curve in t.curves.items()},
                     }
                     for t in trainers
                 },
@@ -250,6 +256,8 @@ def write_comparison_report(
                         writer.writerow([t.trainer, "mean_over_folds", c.label, key, value])
         (staging / "compare.md").write_text(_comparison_markdown(trainers, columns, header))
         _comparison_plot(staging / "compare.png", trainers, columns, header["unit"])
+        if any(t.curves for t in trainers):
+            _learning_curves_plot(staging / LEARNING_CURVES_PNG, {t.trainer: t.curves for t in trainers})
     return Path(folder)
 
 
@@ -279,6 +287,17 @@ def _comparison_markdown(trainers: Sequence[TrainerSummary], columns: Sequence[C
         _markdown_table(["trainer", "folds", "cases", *(_column_label(c.label, unit) for c in columns)], rows),
         "",
     ]
+    if any(t.curves for t in trainers):
+        text += [
+            "## Training (means over folds)",
+            "",
+            "From nnU-Net's logging in each fold's final (else latest) checkpoint: seconds per iteration is the median "
+            "epoch time (its validation included) over the iterations per epoch; the pseudo-Dice is nnU-Net's, on "
+            f"validation patches. Curves: `{LEARNING_CURVES_PNG}`.",
+            "",
+            curves_markdown({t.trainer: t.curves for t in trainers}),
+            "",
+        ]
     for c in columns:
         class_rows = [
             [t.trainer, *(_format(t.class_means[c.label].get(key, float("nan")), c.metric) for key in classes)]
@@ -306,3 +325,26 @@ def _comparison_plot(file: Path, trainers: Sequence[TrainerSummary], columns: Se
         axis.set_visible(False)
     figure.suptitle("per-case foreground mean, all validation folds")
     figure.savefig(file, dpi=120)
+
+
+def _learning_curves_plot(file: Path, curves: Mapping[str, Mapping[int, LearningCurve]]) -> None:
+    """Pseudo-Dice (top) and train (solid) / validation (dashed) loss (bottom), against epoch (left) and wall-clock
+    minutes (right); one colour per trainer, one line per fold."""
+    figure = _new_figure(13.0, 8.0)
+    axes = figure.subplots(2, 2)
+    for number, (trainer, folds) in enumerate(curves.items()):
+        colour = f"C{number % 10}"  # matplotlib's colour cycle
+        for index, curve in enumerate(folds.values()):
+            label = trainer if index == 0 else None
+            epochs = np.arange(1, curve.epochs + 1)
+            minutes = np.asarray(curve.elapsed_seconds) / 60
+            for column, x in enumerate((epochs, minutes)):
+                axes[0, column].plot(x, curve.pseudo_dice, color=colour, label=label)
+                axes[1, column].plot(x, curve.train_loss, color=colour, label=label)
+                axes[1, column].plot(x, curve.val_loss, color=colour, linestyle="--")
+    for column, xlabel in enumerate(("epoch", "wall-clock minutes")):
+        axes[0, column].set(xlabel=xlabel, ylabel="validation pseudo-Dice (foreground mean)")
+        axes[1, column].set(xlabel=xlabel, ylabel="loss (train solid, validation dashed)")
+    axes[0, 0].legend(fontsize="small")
+    figure.suptitle("learning curves (nnU-Net's logging in the checkpoints)")
+    figure.savefig(file, dpi=110)
