@@ -1,8 +1,9 @@
 """ICBM152 2009a symmetric template (nilearn's copy) -> ``Dataset084_MNI152Tissue``: 2-D axial tissue slices.
 
 Nothing is downloaded. Source: the three files of nilearn's ``nilearn/datasets/data/`` (1 mm, 197 x 233 x 189
-voxels, exactly left-right symmetric), read from the installed nilearn (pip install "nnunet_ext[mni152]") unless
---input names a folder holding a copy of them::
+voxels), read from the installed nilearn (pip install "nnunet_ext[mni152]") unless --input names a folder holding a
+copy of them (nilearn's description calls its template asymmetrical, but these files are the ``sym_09a`` release
+and are voxel for voxel left-right symmetric)::
 
     mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz   skull-stripped T1 (uint8)
     mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz   grey-matter probability x 255 (uint8)
@@ -80,7 +81,8 @@ DEFAULT_SPACING, DEFAULT_GAP, DEFAULT_TEST_FRACTION, DEFAULT_MIN_BRAIN = 2.0, 6.
 METADATA = {
     "reference": "Fonov et al., NeuroImage 54(1), 2011, doi:10.1016/j.neuroimage.2010.07.033 (ICBM 2009a "
     "nonlinear symmetric template, MNI / McConnell Brain Imaging Centre), as shipped by nilearn",
-    "license": "the ICBM 2009 template's copyright notice (free use, the notice kept with copies)",
+    "license": "the ICBM 2009 release's notice (http://www.bic.mni.mcgill.ca/ServicesAtlases/ICBM152NLin2009); "
+    "nilearn's dataset description lists it as unknown",
 }
 _FLOAT_PIXELS = (sitk.sitkFloat32, sitk.sitkFloat64)
 
