@@ -36,7 +36,7 @@ from PIL import Image
 from test_evaluation import make_3d_dataset
 
 from nnunet_ext.cli import evaluate as evaluate_cli
-from nnunet_ext.conversion import acdc, amos, busi, flare, isic, oct, synapse, thyroid
+from nnunet_ext.conversion import acdc, amos, busi, flare, isic, mni152, oct, synapse, thyroid
 from nnunet_ext.conversion import cases as cases_module
 from nnunet_ext.conversion.busi import convert_busi
 from nnunet_ext.conversion.errors import InvalidDatasetNameError
@@ -201,6 +201,7 @@ CONVERTER_MAINS = {
     "BUSI": busi.main,
     "FLARE22": flare.main,
     "ISIC": isic.main,
+    "MNI152": mni152.main,
     "OCT": oct.main,
     "Synapse": synapse.main,
     "Thyroid": thyroid.main,

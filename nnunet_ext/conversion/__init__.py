@@ -7,6 +7,7 @@
 - :mod:`.writer`: validate the whole source, stage, verify with nnU-Net, move into place;
 - :mod:`.cli`: the common command-line options; :mod:`.splits`: protocol re-splits;
 - one module per dataset: :mod:`.synapse` (017), :mod:`.flare` (022), :mod:`.acdc` (027), :mod:`.isic` (080),
-  :mod:`.busi` (081), :mod:`.oct` (082), :mod:`.thyroid` (083), :mod:`.amos` (218/219); :mod:`.images_masks` is
-  the generic 2-D images + masks converter behind 080-083.
+  :mod:`.busi` (081), :mod:`.oct` (082), :mod:`.thyroid` (083), :mod:`.mni152` (084, 2-D slices of the
+  ICBM152 template in nilearn's wheel), :mod:`.amos` (218/219); :mod:`.images_masks` is the generic 2-D images +
+  masks converter behind 080-083.
 """

@@ -73,11 +73,25 @@ class _HelpFormatter(HelpFormatter, argparse.RawDescriptionHelpFormatter):
 
 
 def converter_parser(
-    description: str, dataset_id: int, name: str, epilog: str | None = None
+    description: str,
+    dataset_id: int,
+    name: str,
+    epilog: str | None = None,
+    input_help: str | None = None,
 ) -> argparse.ArgumentParser:
-    """A parser with the common options; converters add their own."""
+    """A parser with the common options; converters add their own.
+
+    ``input_help`` makes ``-i/--input`` optional (default None) with that help text, for a converter that has a
+    default source of its own; otherwise it is required and names the downloaded source dataset.
+    """
     parser = argparse.ArgumentParser(description=description, epilog=epilog, formatter_class=_HelpFormatter)
-    parser.add_argument("-i", "--input", required=True, type=Path, help="the downloaded (extracted) source dataset")
+    parser.add_argument(
+        "-i",
+        "--input",
+        required=input_help is None,
+        type=Path,
+        help=input_help or "the downloaded (extracted) source dataset",
+    )
     parser.add_argument("-d", "--dataset-id", type=_dataset_id, default=dataset_id, help="nnU-Net dataset id")
     parser.add_argument(
         "--output",
@@ -108,8 +122,9 @@ def output_root(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Pa
 
 
 def common_kwargs(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict:
-    """The keyword arguments every ``convert_*`` function takes, from the common options."""
-    if not args.input.is_dir():
+    """The keyword arguments every ``convert_*`` function takes, from the common options (``source`` is None when
+    an optional ``--input`` was not given)."""
+    if args.input is not None and not args.input.is_dir():
         parser.error(f"--input {args.input} is not a folder")
     return {
         "source": args.input,
