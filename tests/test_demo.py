@@ -7,6 +7,7 @@ import re
 import pytest
 
 from nnunet_ext.cli.demo import MARKER, dice_table, prepare_workdir
+from nnunet_ext.data.synthetic import LABELS
 
 
 def test_demo_command_prints_a_per_class_dice_table(nnunet_environment, tmp_path):
@@ -37,6 +38,19 @@ def test_demo_command_prints_a_per_class_dice_table(nnunet_environment, tmp_path
     assert (workdir / "raw" / "Dataset990_Demo" / "dataset.json").is_file()
 
 
+def test_demo_on_the_mni152_tissue_slices(nnunet_environment, tmp_path):
+    """``--dataset mni152``: the real template's slices, its 14 test slices predicted and scored per tissue."""
+    workdir = tmp_path / "demo_mni152"
+    schedule = ["--epochs", "1", "--iterations", "2", "--val-iterations", "1"]
+    arguments = ["--workdir", str(workdir), "--dataset", "mni152", "-d", "991", *schedule, "--device", "cpu"]
+    output = nnunet_environment.run("nnUNetv2_ext_demo", *arguments)
+    rows = re.findall(r"^\| (grey_matter|white_matter|foreground mean)\b.*\| ([0-9.]+) \| ([0-9.]+) \|$", output, re.M)
+    assert [row[0] for row in rows] == ["grey_matter", "white_matter", "foreground mean"]
+    assert "on 14 held-out mni152 cases" in output
+    assert len(list((workdir / "predictions").glob("*.nii.gz"))) == 14
+    assert (workdir / "raw" / "Dataset991_DemoMNI152" / "slices.csv").is_file()
+
+
 def test_demo_refuses_to_clear_a_foreign_folder(tmp_path):
     (tmp_path / "precious.txt").write_text("keep me")
     with pytest.raises(SystemExit, match="not a demo folder"):
@@ -57,7 +71,7 @@ def test_dice_table_names_the_classes():
         "mean": {"2": {"Dice": 0.5, "IoU": 0.33}, "1": {"Dice": 0.75, "IoU": 0.6}},
         "foreground_mean": {"Dice": 0.625, "IoU": 0.465},
     }
-    assert dice_table(summary).splitlines()[2:] == [
+    assert dice_table(summary, LABELS).splitlines()[2:] == [
         "| disc (1) | 0.750 | 0.600 |",
         "| box (2) | 0.500 | 0.330 |",
         "| foreground mean | 0.625 | 0.465 |",

@@ -1,4 +1,7 @@
-"""``nnUNetv2_ext_demo``: synthetic dataset -> plan/preprocess -> train one of our trainers -> predict -> Dice.
+"""``nnUNetv2_ext_demo``: dataset -> plan/preprocess -> train one of our trainers -> predict -> Dice.
+
+The dataset is synthetic (generated) or ``mni152``, the real tissue slices of the ICBM152 template in nilearn's wheel
+(:mod:`nnunet_ext.conversion.mni152`: its test slab is spatially separated from the training slices).
 
 Everything happens inside ``--workdir`` (its own ``nnUNet_raw``, ``nnUNet_preprocessed``, ``nnUNet_results``), so the
 demo never touches a user's nnU-Net folders. It uses the same nnU-Net functions the ``nnUNetv2_*`` commands call.
@@ -22,9 +25,10 @@ MARKER = ".nnunet_ext_demo"
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
-        description="Generate a small synthetic 2D dataset (3 foreground classes), plan and preprocess it with "
-        "nnU-Net, train an nnunet_ext trainer on a shortened schedule (fold 0), predict the held-out test cases and "
-        "print their per-class Dice. A few minutes on a 2-core CPU with the defaults.",
+        description="Generate a small synthetic 2D dataset (3 foreground classes) or convert the MNI152 template's "
+        "grey/white-matter slices (--dataset mni152), plan and preprocess it with nnU-Net, train an nnunet_ext "
+        "trainer on a shortened schedule (fold 0), predict the held-out test cases and print their per-class Dice. "
+        "A few minutes on a 2-core CPU with the defaults.",
         formatter_class=HelpFormatter,
     )
     parser.add_argument(
@@ -34,10 +38,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="folder for all demo data; re-created on every run (only if it is a demo folder)",
     )
     parser.add_argument("-tr", "--trainer", default="nnUNetTrainerCMUNeXt", help="trainer to train")
-    parser.add_argument("-d", "--dataset-id", type=int, default=990, help="dataset id of the synthetic dataset")
-    parser.add_argument("--num-training", type=int, default=24, help="training cases (5-fold split; fold 0 trained)")
-    parser.add_argument("--num-test", type=int, default=6, help="held-out test cases that are predicted and scored")
-    parser.add_argument("--size", type=int, default=96, help="image edge length in pixels")
+    parser.add_argument(
+        "--dataset",
+        choices=["synthetic", "mni152"],
+        default="synthetic",
+        help="synthetic: generated shapes (the options below); mni152: 2 mm axial tissue slices of the ICBM152 "
+        'template shipped with nilearn (needs the mni152 extra: pip install "nnunet_ext[mni152]"), 52 training '
+        "and 14 test slices",
+    )
+    parser.add_argument("-d", "--dataset-id", type=int, default=990, help="dataset id given to the demo dataset")
+    parser.add_argument(
+        "--num-training", type=int, default=24, help="synthetic: training cases (5-fold split; fold 0 trained)"
+    )
+    parser.add_argument("--num-test", type=int, default=6, help="synthetic: held-out test cases predicted and scored")
+    parser.add_argument("--size", type=int, default=96, help="synthetic: image edge length in pixels")
     parser.add_argument("--epochs", type=int, default=12, help="training epochs (nnU-Net default: 1000)")
     parser.add_argument("--iterations", type=int, default=25, help="iterations per epoch (nnU-Net default: 250)")
     parser.add_argument(
@@ -53,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=min(2, os.cpu_count() or 1),
         help="worker processes for preprocessing, data augmentation and evaluation",
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic dataset")
+    parser.add_argument("--seed", type=int, default=0, help="synthetic: seed of the dataset")
     return parser
 
 
@@ -75,11 +89,9 @@ def prepare_workdir(workdir: Path) -> dict[str, str]:
     return environment
 
 
-def dice_table(summary: dict) -> str:
-    """Per-class Dice/IoU table (markdown) from an nnU-Net ``summary.json`` dict."""
-    from nnunet_ext.data.synthetic import LABELS
-
-    names = {value: name for name, value in LABELS.items()}
+def dice_table(summary: dict, labels: dict[str, int]) -> str:
+    """Per-class Dice/IoU table (markdown) from an nnU-Net ``summary.json`` dict; ``labels``: name -> value."""
+    names = {value: name for name, value in labels.items()}
     lines = ["| class | Dice | IoU |", "|---|---|---|"]
     for label, metrics in sorted(summary["mean"].items(), key=lambda item: int(item[0])):
         lines.append(f"| {names.get(int(label), label)} ({label}) | {metrics['Dice']:.3f} | {metrics['IoU']:.3f} |")
@@ -87,6 +99,38 @@ def dice_table(summary: dict) -> str:
         f"| foreground mean | {summary['foreground_mean']['Dice']:.3f} | {summary['foreground_mean']['IoU']:.3f} |"
     )
     return "\n".join(lines)
+
+
+def summary_cases(summary: dict) -> int:
+    return len(summary["metric_per_case"])
+
+
+def write_demo_dataset(args: argparse.Namespace) -> tuple[Path, dict[str, int], str, object]:
+    """Write the demo dataset into ``$nnUNet_raw``: its folder, labels (name -> value), file ending and nnU-Net image
+    reader/writer (for scoring the predictions)."""
+    raw_root = Path(os.environ["nnUNet_raw"])
+    if args.dataset == "mni152":
+        from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+
+        from nnunet_ext.conversion.errors import ConversionError
+        from nnunet_ext.conversion.mni152 import LABELS, convert_mni152
+
+        with exit_on_user_error(PROG, (ConversionError,)):
+            raw = convert_mni152(None, raw_root, dataset_id=args.dataset_id, name="DemoMNI152", progress=False)
+        return raw, LABELS, ".nii.gz", SimpleITKIO()
+    from nnunetv2.imageio.natural_image_reader_writer import NaturalImage2DIO
+
+    from nnunet_ext.data.synthetic import LABELS, SyntheticDatasetSpec, generate_synthetic_dataset
+
+    spec = SyntheticDatasetSpec(
+        dataset_id=args.dataset_id,
+        name="Demo",
+        shape=(args.size, args.size),
+        num_training=args.num_training,
+        num_test=args.num_test,
+        seed=args.seed,
+    )
+    return generate_synthetic_dataset(spec, raw_root), LABELS, spec.file_ending, NaturalImage2DIO()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -107,12 +151,9 @@ def main(argv: list[str] | None = None) -> None:
     import torch
     from nnunetv2.evaluation.evaluate_predictions import compute_metrics_on_folder
     from nnunetv2.experiment_planning.plan_and_preprocess_api import extract_fingerprints, plan_experiments, preprocess
-    from nnunetv2.imageio.natural_image_reader_writer import NaturalImage2DIO
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
     from nnunetv2.run.run_training import run_training
     from nnunetv2.utilities.file_path_utilities import get_output_folder
-
-    from nnunet_ext.data.synthetic import LABELS, SyntheticDatasetSpec, generate_synthetic_dataset
 
     device_name = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     if device_name == "cpu":
@@ -123,16 +164,8 @@ def main(argv: list[str] | None = None) -> None:
     def step(message: str) -> None:
         print(f"\n[nnUNetv2_ext_demo {time.perf_counter() - started:6.0f} s] {message}", flush=True)
 
-    step(f"1/5 generating synthetic dataset {args.dataset_id} in {os.environ['nnUNet_raw']}")
-    spec = SyntheticDatasetSpec(
-        dataset_id=args.dataset_id,
-        name="Demo",
-        shape=(args.size, args.size),
-        num_training=args.num_training,
-        num_test=args.num_test,
-        seed=args.seed,
-    )
-    raw = generate_synthetic_dataset(spec, os.environ["nnUNet_raw"])
+    step(f"1/5 writing the {args.dataset} dataset {args.dataset_id} into {os.environ['nnUNet_raw']}")
+    raw, labels, file_ending, reader_writer = write_demo_dataset(args)
 
     step("2/5 nnU-Net fingerprint, plans and 2d preprocessing")
     extract_fingerprints([args.dataset_id], num_processes=workers, check_dataset_integrity=True)
@@ -155,16 +188,16 @@ def main(argv: list[str] | None = None) -> None:
         str(raw / "labelsTs"),
         str(predictions),
         str(predictions / "summary.json"),
-        NaturalImage2DIO(),
-        spec.file_ending,
-        [value for value in LABELS.values() if value > 0],
+        reader_writer,
+        file_ending,
+        [value for value in labels.values() if value > 0],
         num_processes=workers,
     )
     print(
-        f"\n{args.trainer} on {args.num_test} held-out synthetic cases "
+        f"\n{args.trainer} on {summary_cases(summary)} held-out {args.dataset} cases "
         f"({args.epochs} x {args.iterations} iterations, {time.perf_counter() - started:.0f} s in total):\n"
     )
-    print(dice_table(summary))
+    print(dice_table(summary, labels))
     print(f"\nmodel: {model_folder}\npredictions and summary.json: {predictions}")
 
 
