@@ -4,8 +4,8 @@ float16 autocast with a GradScaler and bfloat16 autocast stay within 1e-2 of its
 draws in forward stay random in compiled networks, deep supervision switches off on them, and checkpoints move
 between compiled and eager trainers.
 
-The default tier runs, per family, one trainer compiled (``aot_eager``) and in float16, and every trainer in bfloat16;
-the rest of the matrix, every trainer compiled with inductor and in float16, is marked ``compile``
+The default tier runs, per family, one trainer compiled (``aot_eager``), in float16 and in bfloat16; the rest of the
+matrix, every trainer compiled with inductor and in both autocast dtypes, is marked ``compile``
 (``pytest -m compile``): inductor's C++ code generation takes minutes per network on 2 CPU cores, and float16
 convolutions are emulated on the CPU.
 """
@@ -90,6 +90,8 @@ def fresh_compiler_caches():
 
 
 DEFAULT_TIER = {cases[0] for cases in FAMILIES.values()}
+#: a 3D trainer in bfloat16 in the default tier too: the emulation's padded 3D convolutions (``tests/cuda_path.py``)
+DEFAULT_TIER_BFLOAT16 = DEFAULT_TIER | {("nnUNetTrainerGCTUNet", "3d")}
 
 
 def case_id(case: tuple[str, str]) -> str:
@@ -138,14 +140,16 @@ def test_compiled_step_equals_the_eager_step(monkeypatch, case, backend):
 
 
 def mixed_precision_cases() -> list:
-    """bfloat16 for every trainer; float16 (with the GradScaler) for one trainer per family in the default tier, for
-    the others under ``compile`` (float16 convolutions are emulated on the CPU: up to minutes per step)."""
+    """float16 (with the GradScaler) and bfloat16 for one trainer per family (bfloat16 also for GCT-UNet 3D) in the
+    default tier, for the others under ``compile`` (float16 convolutions are emulated on the CPU: up to minutes per step)."""
     return [
         pytest.param(
             case,
             mode,
             id=f"{case_id(case)}-{mode}",
-            marks=() if mode == "bfloat16" or case in DEFAULT_TIER else pytest.mark.compile,
+            marks=()
+            if case in (DEFAULT_TIER_BFLOAT16 if mode == "bfloat16" else DEFAULT_TIER)
+            else pytest.mark.compile,
         )
         for case in CASES
         for mode in MODES
