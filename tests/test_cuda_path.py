@@ -141,7 +141,8 @@ def test_compiled_step_equals_the_eager_step(monkeypatch, case, backend):
 
 def mixed_precision_cases() -> list:
     """float16 (with the GradScaler) and bfloat16 for one trainer per family (bfloat16 also for GCT-UNet 3D) in the
-    default tier, for the others under ``compile`` (float16 convolutions are emulated on the CPU: up to minutes per step)."""
+    default tier, for the others under ``compile`` (float16 convolutions are emulated on the CPU: up to minutes per
+    step)."""
     return [
         pytest.param(
             case,
