@@ -101,10 +101,6 @@ def dice_table(summary: dict, labels: dict[str, int]) -> str:
     return "\n".join(lines)
 
 
-def summary_cases(summary: dict) -> int:
-    return len(summary["metric_per_case"])
-
-
 def write_demo_dataset(args: argparse.Namespace) -> tuple[Path, dict[str, int], str, object]:
     """Write the demo dataset into ``$nnUNet_raw``: its folder, labels (name -> value), file ending and nnU-Net image
     reader/writer (for scoring the predictions)."""
@@ -194,7 +190,7 @@ def main(argv: list[str] | None = None) -> None:
         num_processes=workers,
     )
     print(
-        f"\n{args.trainer} on {summary_cases(summary)} held-out {args.dataset} cases "
+        f"\n{args.trainer} on {len(summary['metric_per_case'])} held-out {args.dataset} cases "
         f"({args.epochs} x {args.iterations} iterations, {time.perf_counter() - started:.0f} s in total):\n"
     )
     print(dice_table(summary, labels))

@@ -93,9 +93,9 @@ def _iterations_per_epoch(debug_json: Path) -> int:
     return int(json.loads(debug_json.read_text()).get("num_iterations_per_epoch", DEFAULT_ITERATIONS_PER_EPOCH))
 
 
-def curves_markdown(curves: Mapping[str, Mapping[int, LearningCurve]]) -> str:
-    """Per trainer, means over its folds with curves: epochs, seconds per iteration, training time, best EMA
-    pseudo-Dice and the last epoch's pseudo-Dice."""
+def curves_table(curves: Mapping[str, Mapping[int, LearningCurve]]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows: per trainer, means over its folds with curves: epochs, seconds per iteration, training time,
+    best EMA pseudo-Dice and the last epoch's pseudo-Dice."""
     header = [
         "trainer",
         "folds",
@@ -105,24 +105,25 @@ def curves_markdown(curves: Mapping[str, Mapping[int, LearningCurve]]) -> str:
         "best EMA pseudo-Dice",
         "last pseudo-Dice",
     ]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    rows = []
     for trainer, folds in curves.items():
         if not folds:
-            lines.append(f"| {trainer} | - | no checkpoint |" + " |" * (len(header) - 3))
+            rows.append([trainer, "-", "no checkpoint", *[""] * (len(header) - 3)])
             continue
         runs = list(folds.values())
         seconds = float(np.mean([c.training_seconds for c in runs]))
-        cells = [
-            trainer,
-            ",".join(map(str, folds)),
-            f"{np.mean([c.epochs for c in runs]):g}",
-            f"{np.mean([c.seconds_per_iteration for c in runs]):.3f}",
-            f"{seconds / 60:.1f} min",
-            f"{np.mean([c.best_ema_pseudo_dice for c in runs]):.4f}",
-            f"{np.mean([c.pseudo_dice[-1] if c.pseudo_dice else math.nan for c in runs]):.4f}",
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        rows.append(
+            [
+                trainer,
+                ",".join(map(str, folds)),
+                f"{np.mean([c.epochs for c in runs]):g}",
+                f"{np.mean([c.seconds_per_iteration for c in runs]):.3f}",
+                f"{seconds / 60:.1f} min",
+                f"{np.mean([c.best_ema_pseudo_dice for c in runs]):.4f}",
+                f"{np.mean([c.pseudo_dice[-1] if c.pseudo_dice else math.nan for c in runs]):.4f}",
+            ]
+        )
+    return header, rows
 
 
 def fold_curves(trainer_folder: str | Path, folds: Sequence[int]) -> dict[int, LearningCurve]:

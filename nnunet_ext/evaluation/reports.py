@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from nnunet_ext.data.atomic import atomic_directory, staging_directory
-from nnunet_ext.evaluation.learning_curves import LearningCurve, curves_markdown
+from nnunet_ext.evaluation.learning_curves import LearningCurve, curves_table
 from nnunet_ext.evaluation.metrics import METRICS
 
 EVALUATION_JSON = "metrics.json"
@@ -295,7 +295,7 @@ def _comparison_markdown(trainers: Sequence[TrainerSummary], columns: Sequence[C
             "epoch time (its validation included) over the iterations per epoch; the pseudo-Dice is nnU-Net's, on "
             f"validation patches. Curves: `{LEARNING_CURVES_PNG}`.",
             "",
-            curves_markdown({t.trainer: t.curves for t in trainers}),
+            _markdown_table(*curves_table({t.trainer: t.curves for t in trainers})),
             "",
         ]
     for c in columns:
