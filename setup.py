@@ -41,6 +41,7 @@ COMMANDS = {
     "nnUNetv2_ext_compare": "nnunet_ext.cli.compare:main",
     "nnUNetv2_ext_preprocess_unlabeled": "nnunet_ext.cli.preprocess_unlabeled:main",
     "nnUNetv2_ext_ssl_split": "nnunet_ext.cli.ssl_split:main",
+    "nnUNetv2_ext_plan": "nnunet_ext.cli.plan:main",
     "nnUNetv2_ext_synthesize": "nnunet_ext.cli.synthesize:main",
     "nnUNetv2_ext_convert_official_weights": "nnunet_ext.cli.convert_official_weights:main",
 }

@@ -1,23 +1,35 @@
-"""Startup hook: makes nnU-Net's trainer lookup find registered trainers.
+"""Startup hook: makes nnU-Net's trainer lookup find registered trainers and its planner lookup (``-pl``) find
+``ExtPlanner_<trainer>``.
 
 Imported at every interpreter start by the one-line ``nnunet_ext_autoload.pth`` in site-packages, so it must
 cost next to nothing: it imports no module at all (``sys`` is built in and already loaded), neither torch nor
 nnunetv2 nor ``importlib.abc``. It only places a meta-path finder (a plain class with ``find_spec``, the protocol
 ``importlib.abc.MetaPathFinder`` describes) that waits for ``nnunetv2.utilities.find_objects`` to be imported and
-then patches it (see :mod:`nnunet_ext._patch`, imported only then).
+then patches it (see :mod:`nnunet_ext._patch`, imported only then); likewise
+``nnunetv2.experiment_planning.plan_and_preprocess_api``.
 """
 
 import sys
 
-TARGET_MODULE = "nnunetv2.utilities.find_objects"
+#: module to patch -> name of its patch function in :mod:`nnunet_ext._patch`
+TARGET_MODULES = {
+    "nnunetv2.utilities.find_objects": "patch_find_objects",
+    "nnunetv2.experiment_planning.plan_and_preprocess_api": "patch_planner_lookup",
+}
+
+
+def _apply_patch(module) -> None:
+    from nnunet_ext import _patch
+
+    getattr(_patch, TARGET_MODULES[module.__name__])(module)
 
 
 class _FindObjectsPatcher:
-    """Meta-path finder that patches ``nnunetv2.utilities.find_objects`` right after it executes."""
+    """Meta-path finder that patches each of :data:`TARGET_MODULES` right after it executes."""
 
     def find_spec(self, fullname, path=None, target=None):
-        """The spec the other finders give ``TARGET_MODULE``, its loader wrapped to patch the module; else None."""
-        if fullname != TARGET_MODULE:
+        """The spec the other finders give a target module, its loader wrapped to patch the module; else None."""
+        if fullname not in TARGET_MODULES:
             return None
         spec = None
         for finder in sys.meta_path:
@@ -32,22 +44,19 @@ class _FindObjectsPatcher:
 
         def exec_module(module):
             original_exec_module(module)
-            from nnunet_ext._patch import patch_find_objects
-
-            patch_find_objects(module)
+            _apply_patch(module)
 
         spec.loader.exec_module = exec_module
         return spec
 
 
 def install() -> None:
-    """Patch ``find_objects`` now if nnunetv2 already imported it, else install the finder (once)."""
-    module = sys.modules.get(TARGET_MODULE)
-    if module is not None:
-        from nnunet_ext._patch import patch_find_objects
-
-        patch_find_objects(module)
-    elif not any(isinstance(finder, _FindObjectsPatcher) for finder in sys.meta_path):
+    """Patch the target modules nnunetv2 already imported and install the finder for the others (once)."""
+    for name in TARGET_MODULES:
+        module = sys.modules.get(name)
+        if module is not None:
+            _apply_patch(module)
+    if not any(isinstance(finder, _FindObjectsPatcher) for finder in sys.meta_path):
         sys.meta_path.insert(0, _FindObjectsPatcher())
 
 

@@ -1,7 +1,11 @@
-"""The patch applied to ``nnunetv2.utilities.find_objects.recursive_find_trainer_class_by_name``.
+"""The patches applied to nnU-Net's lookups by name.
 
-Registered trainer names (:mod:`nnunet_ext.registration`) resolve first; every other name falls through to
-nnU-Net's own lookup, unchanged, including its ``nnUNet_extTrainer`` search path.
+- ``nnunetv2.utilities.find_objects.recursive_find_trainer_class_by_name``: registered trainer names
+  (:mod:`nnunet_ext.registration`) resolve first; every other name falls through to nnU-Net's own lookup, unchanged,
+  including its ``nnUNet_extTrainer`` search path.
+- ``recursive_find_python_class`` as ``nnunetv2.experiment_planning.plan_and_preprocess_api`` uses it (the ``-pl``
+  of ``nnUNetv2_plan_experiment``): ``ExtPlanner_<trainer>`` resolves to
+  :func:`nnunet_ext.planning.planner.planner_for_trainer`; every other name falls through unchanged.
 """
 
 from __future__ import annotations
@@ -80,3 +84,22 @@ def patch_find_objects(find_objects: types.ModuleType) -> None:
         module = sys.modules.get(module_name)
         if module is not None and getattr(module, "recursive_find_trainer_class_by_name", None) is original:
             module.recursive_find_trainer_class_by_name = patched
+
+
+def _patched_class_lookup(original: Callable[[str, str, str], type | None]) -> Callable[[str, str, str], type | None]:
+    def recursive_find_python_class(folder: str, class_name: str, current_module: str) -> type | None:
+        from nnunet_ext.planning.planner import PLANNER_PREFIX, planner_for_trainer
+
+        if class_name.startswith(PLANNER_PREFIX):
+            return planner_for_trainer(class_name.removeprefix(PLANNER_PREFIX))
+        return original(folder, class_name, current_module)
+
+    setattr(recursive_find_python_class, PATCH_FLAG, True)
+    recursive_find_python_class.__wrapped__ = original
+    return recursive_find_python_class
+
+
+def patch_planner_lookup(api: types.ModuleType) -> None:
+    """Replace ``recursive_find_python_class`` in nnU-Net's plan-and-preprocess API module (idempotent)."""
+    if not getattr(api.recursive_find_python_class, PATCH_FLAG, False):
+        api.recursive_find_python_class = _patched_class_lookup(api.recursive_find_python_class)

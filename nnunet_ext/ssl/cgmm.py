@@ -24,7 +24,6 @@ official code runs it in float16); everything is written for 2D and 3D patches.
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
 
 import torch
@@ -120,16 +119,16 @@ def prototype_separation_loss(class_prototypes: torch.Tensor, presence: torch.Te
     ``v_k = (sum_i mu_ik) n_k / (n_k + 1e-6)`` with ``n_k`` the number of patches holding class k (the official
     ``mean_vecs``, in effect a sum over patches). Prototypes (B, K, C), presence (B, K); 0 with fewer than two
     present classes. Close class prototypes give a loss near 1.
+
+    The pairs are a (K, K) mask rather than a list of present classes: no value leaves the device (no
+    synchronisation, no graph break under ``torch.compile``) and fake tensors can trace it.
     """
     patches_with_class = presence.sum(0)
     vectors = class_prototypes.sum(0) * (patches_with_class / (patches_with_class + EPSILON)).unsqueeze(-1)
-    present = torch.nonzero(patches_with_class > 0).flatten().tolist()
-    pairs = list(itertools.combinations(present, 2))
-    if not pairs:
-        return class_prototypes.new_zeros(())
-    first, second = (torch.tensor(index, device=vectors.device) for index in zip(*pairs))
-    distance = (vectors[first] - vectors[second]).abs().mean(-1)
-    return torch.exp(-distance.square()).mean()
+    present = patches_with_class > 0
+    pairs = torch.triu(present.unsqueeze(0) & present.unsqueeze(1), diagonal=1).to(vectors.dtype)
+    distance = (vectors.unsqueeze(1) - vectors.unsqueeze(0)).abs().mean(-1)
+    return (torch.exp(-distance.square()) * pairs).sum() / pairs.sum().clamp(min=1)
 
 
 def labeled_gmm_loss(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from torch import nn
 from torch._dynamo import OptimizedModule
@@ -52,6 +53,22 @@ class nnUNetTrainerExtBase(nnUNetTrainer):
     def unwrapped_network(self) -> nn.Module:
         """``self.network`` without its DDP and torch.compile wrappers."""
         return unwrap_module(self.network)
+
+    def on_train_start(self):
+        super().on_train_start()
+        if self.device.type == "cuda" and self.local_rank == 0:
+            self.warn_if_plans_exceed_gpu_memory(torch.cuda.get_device_properties(self.device).total_memory)
+
+    def warn_if_plans_exceed_gpu_memory(self, total_memory_bytes: int) -> None:
+        """Log one line naming the ``nnUNetv2_ext_plan`` command when the estimated training peak of the plans in use
+        exceeds ``total_memory_bytes`` (:func:`~nnunet_ext.planning.advice.memory_advice`; costs one estimate, seconds
+        to a minute of CPU, at the start of GPU training)."""
+        from nnunet_ext.planning.advice import memory_advice
+
+        world_size = dist.get_world_size() if self.is_ddp else 1
+        advice = memory_advice(self, total_memory_bytes, world_size)
+        if advice is not None:
+            self.print_to_log_file(advice)
 
     def _get_deep_supervision_scales(self) -> list[list[float]] | None:
         network = self.unwrapped_network

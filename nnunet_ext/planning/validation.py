@@ -1,0 +1,135 @@
+"""The memory estimate against measured CPU peaks: ``python -m nnunet_ext.planning.validation``.
+
+For each trainer, at a benchmark preset: the estimate of a float32 step (:func:`training_peak_bytes` with
+``autocast_dtype=None``, what a CPU trains) without the parameters and buffers, against the measured growth of the
+resident set size of a fresh process over two real train steps (peak RSS during the steps minus RSS after the
+trainer was built, which already holds the parameters). RSS also holds what the estimate leaves out on purpose
+(allocator caches, oneDNN's scratch buffers and weight reorders, Python objects), so the estimate is expected
+below it; the ratio is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+from dataclasses import dataclass
+
+from nnunet_ext.command_line import HelpFormatter
+
+PROGRAM = "python -m nnunet_ext.planning.validation"
+MIB = 2**20
+
+
+@dataclass(frozen=True)
+class MemoryCheck:
+    """Estimated and measured step memory (bytes above the parameters and buffers) of one trainer."""
+
+    trainer: str
+    preset: str
+    batch_size: int
+    estimated_bytes: int
+    measured_bytes: int
+
+    @property
+    def ratio(self) -> float:
+        """Estimate over measurement."""
+        return self.estimated_bytes / self.measured_bytes
+
+
+def _resident_bytes() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def measure_step_growth(trainer_name: str, preset: str, batch_size: int) -> int:
+    """In this process (fresh, single-threaded): RSS growth over two real float32 train steps of the trainer."""
+    import torch
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+
+    from nnunet_ext.benchmark.presets import setting_from_preset
+    from nnunet_ext.benchmark.trainer_step import initialised_trainer, trainer_train_step
+
+    torch.set_num_threads(1)
+    setting = setting_from_preset(preset, batch_size)
+    trainer = initialised_trainer(recursive_find_trainer_class_by_name(trainer_name), setting, torch.device("cpu"))
+    data = torch.randn(batch_size, setting.input_channels, *setting.patch_size)
+    step = trainer_train_step(trainer, data, setting.num_classes)
+    before = _resident_bytes()
+    step()
+    step()
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
+
+
+def estimate_step_bytes(trainer_name: str, preset: str, batch_size: int) -> int:
+    """The float32 estimate of the same steps, less the parameters and buffers of every network."""
+    import torch
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+
+    from nnunet_ext.benchmark.presets import setting_from_preset
+    from nnunet_ext.benchmark.trainer_step import benchmark_dataset_json, initialised_trainer
+    from nnunet_ext.planning.memory import module_bytes, training_peak_bytes
+
+    setting = setting_from_preset(preset, batch_size)
+    trainer_class = recursive_find_trainer_class_by_name(trainer_name)
+    trainer = initialised_trainer(trainer_class, setting, torch.device("cpu"))
+    weights = sum(module_bytes(n) for n in [trainer.network, *getattr(trainer, "extra_networks", {}).values()])
+    dataset_json = benchmark_dataset_json(setting)
+    peak = training_peak_bytes(trainer_class, setting.plans, setting.configuration, dataset_json, batch_size, None)
+    return peak - weights
+
+
+def check(trainer_name: str, preset: str, batch_size: int) -> MemoryCheck:
+    """Estimate here, measurement in a fresh Python process (its peak RSS is its own)."""
+    measured = subprocess.run(
+        [sys.executable, "-m", "nnunet_ext.planning.validation", "--measure", trainer_name, preset, str(batch_size)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    measured_bytes = json.loads(measured.stdout.strip().splitlines()[-1])["measured_bytes"]
+    return MemoryCheck(
+        trainer_name, preset, batch_size, estimate_step_bytes(trainer_name, preset, batch_size), measured_bytes
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROGRAM, description=__doc__, formatter_class=HelpFormatter)
+    parser.add_argument(
+        "-tr",
+        "--trainers",
+        nargs="+",
+        default=["nnUNetTrainer", "nnUNetTrainerCMUNeXt", "nnUNetTrainerGCTUNet", "nnUNetTrainerMGCC_CMUNeXt"],
+        help="trainer names",
+    )
+    parser.add_argument("--preset", default="2d_small", help="benchmark preset (default: 2d_small)")
+    parser.add_argument("--batch-size", type=int, default=None, help="batch size (default: the preset's)")
+    parser.add_argument("--measure", nargs=3, metavar=("TRAINER", "PRESET", "BATCH"), help=argparse.SUPPRESS)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    if args.measure:
+        trainer_name, preset, batch_size = args.measure
+        print(json.dumps({"measured_bytes": measure_step_growth(trainer_name, preset, int(batch_size))}))
+        return
+    from nnunet_ext.benchmark.presets import PRESETS
+
+    batch_size = args.batch_size or PRESETS[args.preset].batch_size
+    print("| trainer | preset | batch | estimated MB | measured MB (RSS growth) | estimate / measured |")
+    print("|---|---|---|---|---|---|")
+    for trainer_name in args.trainers:
+        result = check(trainer_name, args.preset, batch_size)
+        print(
+            f"| {result.trainer} | {result.preset} | {result.batch_size} | {result.estimated_bytes / MIB:.0f} "
+            f"| {result.measured_bytes / MIB:.0f} | {result.ratio:.2f} |",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()
