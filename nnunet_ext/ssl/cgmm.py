@@ -29,6 +29,8 @@ from dataclasses import dataclass
 
 import torch
 
+from nnunet_ext.ssl.ranks import RankSum, single_process
+
 #: the official code's guard in prototype means and presence-weighted averages
 EPSILON = 1e-6
 
@@ -114,15 +116,18 @@ def _spatial(values: torch.Tensor, spatial_dims: int) -> torch.Tensor:
     return values.view(*values.shape, *([1] * spatial_dims))
 
 
-def prototype_separation_loss(class_prototypes: torch.Tensor, presence: torch.Tensor) -> torch.Tensor:
+def prototype_separation_loss(
+    class_prototypes: torch.Tensor, presence: torch.Tensor, sum_over_ranks: RankSum = single_process
+) -> torch.Tensor:
     """``proto``: mean over the pairs k < l of classes present in the batch of ``exp(-(mean_c |v_k - v_l|)^2)``.
 
     ``v_k = (sum_i mu_ik) n_k / (n_k + 1e-6)`` with ``n_k`` the number of patches holding class k (the official
-    ``mean_vecs``, in effect a sum over patches). Prototypes (B, K, C), presence (B, K); 0 with fewer than two
-    present classes. Close class prototypes give a loss near 1.
+    ``mean_vecs``, in effect a sum over patches; over every rank's patches, through ``sum_over_ranks``). Prototypes
+    (B, K, C), presence (B, K); 0 with fewer than two present classes. Close class prototypes give a loss near 1.
     """
-    patches_with_class = presence.sum(0)
-    vectors = class_prototypes.sum(0) * (patches_with_class / (patches_with_class + EPSILON)).unsqueeze(-1)
+    patches_with_class = sum_over_ranks(presence.sum(0))
+    prototype_sums = sum_over_ranks(class_prototypes.sum(0))
+    vectors = prototype_sums * (patches_with_class / (patches_with_class + EPSILON)).unsqueeze(-1)
     present = torch.nonzero(patches_with_class > 0).flatten().tolist()
     pairs = list(itertools.combinations(present, 2))
     if not pairs:
@@ -183,7 +188,11 @@ class CGMMTerms:
 
 
 def cgmm_terms(
-    probabilities: torch.Tensor, features: torch.Tensor, labels: torch.Tensor, num_labeled: int
+    probabilities: torch.Tensor,
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    num_labeled: int,
+    sum_over_ranks: RankSum = single_process,
 ) -> CGMMTerms:
     """3D-CGMM of one network on a whole batch, labeled samples first.
 
@@ -192,6 +201,8 @@ def cgmm_terms(
         features: last decoder feature map (B, C, *S), same spatial size as the prediction.
         labels: ground truth of the first ``num_labeled`` samples (L, *S), integer classes.
         num_labeled: L; the remaining B - L samples are unlabeled.
+        sum_over_ranks: for the class vectors of :func:`prototype_separation_loss`, which sum over the batch's
+            patches; every other term is a mean over patches.
     """
     if features.shape[2:] != probabilities.shape[2:]:
         raise ValueError(
@@ -204,7 +215,7 @@ def cgmm_terms(
     class_prototypes = prototypes(features[:num_labeled], labels, num_classes)
     masked = response(features[:num_labeled], class_prototypes) * _spatial(presence, labels.dim() - 1)
     gmm = labeled_gmm_loss(probabilities[:num_labeled], masked, labels, presence)
-    gmm = gmm + prototype_separation_loss(class_prototypes, presence)
+    gmm = gmm + prototype_separation_loss(class_prototypes, presence, sum_over_ranks)
     pairing = paired_labeled_index(features.shape[0] - num_labeled, num_labeled, features.device)
     unlabeled_response = response(features[num_labeled:], class_prototypes[pairing])
     gmm_unlabeled = unlabeled_gmm_loss(probabilities[num_labeled:], unlabeled_response, presence[pairing])
