@@ -14,6 +14,9 @@ runs real ``train_step`` calls on its share of a fixed global batch. Asserted:
 - a checkpoint is written by rank 0 only, and trainers restored from it (``--c``) on both ranks hold the saved
   state and continue exactly as the run they were saved from.
 
+The slow tier runs nnU-Net's own ``run_ddp`` (what ``nnUNetv2_train -num_gpus 2`` spawns) of GuidedNet on a
+synthetic dataset, with its real loaders, validation and ``--c``.
+
 nnU-Net 2.8.1 assumes CUDA under DDP; only the test processes are patched, nnunet_ext is not:
 ``run_ddp``'s ``init_process_group("nccl")`` is replaced by the workers' own gloo group; the ``cuda:rank`` device
 nnU-Net picks per rank by the CPU (:func:`cpu_trainer_class`); ``DDP(device_ids=[rank])``, which refuses CPU
@@ -25,7 +28,9 @@ the single-process step compute the same function.
 from __future__ import annotations
 
 import copy
+import functools
 import itertools
+import json
 import os
 import socket
 from pathlib import Path
@@ -44,9 +49,10 @@ from torch.nn.parallel import DistributedDataParallel
 import nnunet_ext.networks.mgcc as mgcc_module
 import nnunet_ext.trainers.semi_supervised as semi_supervised_module
 from nnunet_ext.benchmark.trainer_step import deep_supervision_targets, initialised_trainer
+from nnunet_ext.ssl.splits import create_ssl_split_file
 from nnunet_ext.ssl.unlabeled_data import UnlabeledPool
 from nnunet_ext.trainers.cmunext import nnUNetTrainerCMUNeXt_S
-from nnunet_ext.trainers.guidednet import nnUNetTrainerGuidedNet_CMUNeXt
+from nnunet_ext.trainers.guidednet import AVERAGE_CHECKPOINT, nnUNetTrainerGuidedNet_CMUNeXt
 from nnunet_ext.trainers.mgcc import nnUNetTrainerMGCC_CMUNeXt
 from nnunet_ext.trainers.semi_supervised import CHECKPOINT_KEY, nnUNetTrainerSemiSupervisedBase
 
@@ -352,3 +358,102 @@ def test_rank_0_writes_the_checkpoint_and_both_ranks_resume_from_it(ddp_runs, tr
         assert rank["epochs"] == (0, 1)  # nnU-Net checkpoints at an epoch's end: --c goes on with the next one
         assert_same(rank["resumed_state"], rank["state"])
         assert_same(rank["resumed_continued"], rank["continued"])
+
+
+# ------------------------------------------------------------------------------------------------ nnU-Net's run_ddp
+E2E_DATASET_ID = 979
+E2E_TRAINER = "nnUNetTrainerGuidedNet_CMUNeXt"
+#: the first run: 1 epoch of 3 iterations; the resumed one (``--c``) adds a second epoch. Augmentation in the
+#: training processes (no worker processes per loader and rank)
+E2E_ENVIRONMENT = {
+    "nnUNet_ext_num_iterations_per_epoch": "3",
+    "nnUNet_ext_num_val_iterations_per_epoch": "1",
+    "nnUNet_n_proc_DA": "0",
+}
+
+
+def gloo_process_group(rank: int, world_size: int) -> None:
+    """``run_ddp``'s ``setup_ddp`` over gloo instead of NCCL."""
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+
+
+def cpu_trainer_from_args(get_trainer_from_args, *args, **kwargs):
+    """``run_ddp``'s trainer (built for ``cuda:rank``) on the CPU without GradScaler, before it initialises."""
+    trainer = get_trainer_from_args(*args, **kwargs)
+    trainer.device, trainer.grad_scaler = torch.device("cpu"), None
+    return trainer
+
+
+def run_ddp_worker(rank: int, world_size: int, port: int, continue_training: bool, folder: str) -> None:
+    """nnU-Net's own ``run_ddp`` of :data:`E2E_TRAINER` (training, checkpoints, validation) on the CPU over gloo;
+    the iteration and the sample keys of every step to ``folder/steps_rank{rank}.json``."""
+    import nnunetv2.run.run_training as run_training_module
+
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    patch_for_cpu_ddp()
+    run_training_module.setup_ddp = gloo_process_group
+    run_training_module.get_trainer_from_args = functools.partial(
+        cpu_trainer_from_args, run_training_module.get_trainer_from_args
+    )
+    torch.cuda.set_device = lambda device: None
+    nnunet_trainer_module.default_num_processes = 1
+    steps = []
+    trainer_class = TRAINERS[E2E_TRAINER]
+    compute_scheme_loss = trainer_class.compute_scheme_loss
+
+    def recording_scheme_loss(self, batch):
+        steps.append(
+            {"iteration": self.global_iteration, "labeled": batch.labeled_keys, "unlabeled": batch.unlabeled_keys}
+        )
+        return compute_scheme_loss(self, batch)
+
+    trainer_class.compute_scheme_loss = recording_scheme_loss
+    args = (str(E2E_DATASET_ID), "2d", 0, E2E_TRAINER, "nnUNetPlans", False, continue_training, False, None, False)
+    run_training_module.run_ddp(rank, *args, False, world_size)
+    Path(folder, f"steps_rank{rank}.json").write_text(json.dumps(steps))
+
+
+@pytest.fixture(scope="module")
+def e2e_dataset(synthetic_2d, copy_prepared_dataset, nnunet_environment):
+    """Copy of the 2D dataset with the plans' batch lowered to 4 (2 per rank) and ``splits_ssl.json`` of 6 labeled
+    cases per fold (fold 0's other training cases are the pool); returns the fold."""
+    spec = copy_prepared_dataset(synthetic_2d, E2E_DATASET_ID)
+    plans_file = nnunet_environment.preprocessed / spec.folder_name / "nnUNetPlans.json"
+    plans = json.loads(plans_file.read_text())
+    plans["configurations"]["2d"]["batch_size"] = 4
+    plans_file.write_text(json.dumps(plans, indent=4))
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in nnunet_environment.env.items():
+            patch.setenv(name, value)
+        _, content, _ = create_ssl_split_file(E2E_DATASET_ID, labeled_count=6, seed=0)
+    return spec, content["folds"][0]
+
+
+def run_ddp_training(folder: Path, continue_training: bool) -> list[list[dict]]:
+    """Both ranks' recorded steps of one ``run_ddp``."""
+    mp.spawn(run_ddp_worker, args=(WORLD_SIZE, free_port(), continue_training, str(folder)), nprocs=WORLD_SIZE)
+    return [json.loads((folder / f"steps_rank{rank}.json").read_text()) for rank in range(WORLD_SIZE)]
+
+
+def test_nnunet_run_ddp_trains_checkpoints_and_resumes_a_scheme(e2e_dataset, nnunet_paths, monkeypatch, tmp_path):
+    """Training, then ``--c`` for one more epoch: every step's labeled and unlabeled cases come from the rank's
+    shard, both ranks count the same iterations, the checkpoints (also the averaged one) and the validation are
+    written, and the resumed run goes on from the first one's iteration count."""
+    spec, fold = e2e_dataset
+    for name, value in E2E_ENVIRONMENT.items():
+        monkeypatch.setenv(name, value)
+    pool = sorted(f"split/{case}" for case in fold["unlabeled"])
+    output = nnunet_paths.results / spec.folder_name / f"{E2E_TRAINER}__nnUNetPlans__2d" / "fold_0"
+
+    for epochs, continue_training, iterations in ((1, False, [0, 1, 2]), (2, True, [3, 4, 5])):
+        monkeypatch.setenv("nnUNet_ext_num_epochs", str(epochs))
+        rank0, rank1 = run_ddp_training(tmp_path, continue_training)
+        assert [s["iteration"] for s in rank0] == [s["iteration"] for s in rank1] == iterations
+        for rank, steps in enumerate((rank0, rank1)):
+            assert {key for s in steps for key in s["labeled"]} <= set(sorted(fold["labeled"])[rank::WORLD_SIZE])
+            assert {key for s in steps for key in s["unlabeled"]} <= set(pool[rank::WORLD_SIZE])
+        checkpoint = torch.load(output / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+        assert checkpoint["current_epoch"] == epochs and checkpoint[CHECKPOINT_KEY]["global_iteration"] == 3 * epochs
+        assert len(checkpoint["logging"]["train_loss_ktcps"]) == epochs
+        assert (output / AVERAGE_CHECKPOINT).is_file() and (output / "validation" / "summary.json").is_file()
