@@ -12,7 +12,8 @@ runs real ``train_step`` calls on its share of a fixed global batch. Asserted:
   :data:`RELATIVE_TOLERANCE`;
 - each rank draws its labeled and unlabeled samples from its own disjoint shard of the cases;
 - a checkpoint is written by rank 0 only, and trainers restored from it (``--c``) on both ranks hold the saved
-  state and continue exactly as the run they were saved from.
+  state and continue exactly as the run they were saved from;
+- every architecture gives every trainable parameter a gradient (DDP's requirement), in one process.
 
 The slow tier runs nnU-Net's own ``run_ddp`` (what ``nnUNetv2_train -num_gpus 2`` spawns) of GuidedNet on a
 synthetic dataset, with its real loaders, validation and ``--c``.
@@ -48,9 +49,11 @@ from torch.nn.parallel import DistributedDataParallel
 
 import nnunet_ext.networks.mgcc as mgcc_module
 import nnunet_ext.trainers.semi_supervised as semi_supervised_module
-from nnunet_ext.benchmark.trainer_step import deep_supervision_targets, initialised_trainer
+from nnunet_ext.benchmark.trainer_step import deep_supervision_targets, initialised_trainer, trainer_train_step
+from nnunet_ext.registration import find_registered_trainer
 from nnunet_ext.ssl.splits import create_ssl_split_file
 from nnunet_ext.ssl.unlabeled_data import UnlabeledPool
+from nnunet_ext.trainers.base import unwrap_module
 from nnunet_ext.trainers.cmunext import nnUNetTrainerCMUNeXt_S
 from nnunet_ext.trainers.guidednet import AVERAGE_CHECKPOINT, nnUNetTrainerGuidedNet_CMUNeXt
 from nnunet_ext.trainers.mgcc import nnUNetTrainerMGCC_CMUNeXt
@@ -358,6 +361,40 @@ def test_rank_0_writes_the_checkpoint_and_both_ranks_resume_from_it(ddp_runs, tr
         assert rank["epochs"] == (0, 1)  # nnU-Net checkpoints at an epoch's end: --c goes on with the next one
         assert_same(rank["resumed_state"], rank["state"])
         assert_same(rank["resumed_continued"], rank["continued"])
+
+
+#: one trainer per architecture (the schemes' auxiliary decoders and second networks included)
+EVERY_ARCHITECTURE = (
+    "nnUNetTrainerCMUNeXt_S",
+    "nnUNetTrainerGCGLE",
+    "nnUNetTrainerGCTxUNet",
+    "nnUNetTrainerGCTUNet",
+    "nnUNetTrainerMGCC",
+    "nnUNetTrainerMGCC_GCTxUNet",
+    "nnUNetTrainerGuidedNet_GCTxUNet",
+    "nnUNetTrainerLabeledOnly",
+)
+
+
+@pytest.mark.parametrize("trainer_name", EVERY_ARCHITECTURE)
+def test_every_trained_parameter_gets_a_gradient_as_ddp_requires(trainer_name, single_process):
+    """nnU-Net wraps in DDP with ``find_unused_parameters=False``: a trainable parameter without a gradient stops
+    training at the second step. One step of one process: only the lowest deep-supervision head may have none (nnU-Net
+    weights it 0 here and 1e-6 under DDP)."""
+    setting = small_setting((64, 64))
+    torch.manual_seed(0)
+    trainer = initialised_trainer(find_registered_trainer(trainer_name), setting, torch.device("cpu"))
+    trainer_train_step(trainer, torch.randn(setting.batch_size, 1, 64, 64), setting.num_classes)()
+    for network in [trainer.network, *getattr(trainer, "extra_networks", {}).values()]:
+        decoder = unwrap_module(network).decoder
+        heads = decoder.seg_heads if hasattr(decoder, "seg_heads") else decoder.seg_layers  # ours, nnU-Net's
+        lowest_head = {id(p) for p in heads[0].parameters()}
+        without_gradient = [
+            name
+            for name, p in network.named_parameters()
+            if p.requires_grad and p.grad is None and id(p) not in lowest_head
+        ]
+        assert without_gradient == []
 
 
 # ------------------------------------------------------------------------------------------------ nnU-Net's run_ddp
