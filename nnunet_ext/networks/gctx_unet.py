@@ -228,7 +228,7 @@ class WindowAttention(nn.Module):
         windows, tokens, _ = x.shape
         return self.qkv(x).reshape(windows, tokens, parts, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
 
-    def forward(self, x: torch.Tensor, q_global: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, q_global: torch.Tensor | None) -> torch.Tensor:
         q, k, v = self.split_heads(x, 3)
         return self.attend(q, k, v)
 
@@ -290,7 +290,7 @@ class GCViTBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
-    def forward(self, x: torch.Tensor, q_global: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, q_global: torch.Tensor | None) -> torch.Tensor:
         windows = self.attn(window_partition(self.norm1(x), self.window), q_global)
         x = x + self.drop_path(window_reverse(windows, self.window, x.shape[1:3]))
         return x + self.drop_path(self.mlp(self.norm2(x)))
@@ -341,9 +341,14 @@ class GCViTLayer(nn.Module):
             GCViTBlock(dim, num_heads, window, mlp_ratio, drop_paths[j], global_query=j % 2 == 1) for j in range(depth)
         )
         self.q_global_gen = GlobalQueryGen(dim, num_heads, int(pools))
+        self.uses_global_query = depth > 1
+        if not self.uses_global_query:
+            # one local block (the last level, as in GC-ViT): the generator is kept for the weights' layout but
+            # neither run nor trained, so that DDP (nnU-Net's find_unused_parameters=False) waits for no gradient
+            self.q_global_gen.requires_grad_(False)
 
     def run_blocks(self, x: torch.Tensor) -> torch.Tensor:
-        q_global = self.q_global_gen(permute_to_nchw(x))
+        q_global = self.q_global_gen(permute_to_nchw(x)) if self.uses_global_query else None
         for block in self.blocks:
             x = block(x, q_global)
         return x

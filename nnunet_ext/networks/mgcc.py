@@ -216,7 +216,7 @@ class MGCCNetwork(SegmentationNetwork):
     Args:
         backbone: a network of the contract; its encoder and decoder become the main path.
         aux_decoders: three decoders of the backbone's architecture with their own weights (deep supervision is
-            switched off on them).
+            switched off on them and their lower-resolution heads are frozen).
         bottleneck_channels: channels of the backbone's last skip.
         conv_op: ``nn.Conv2d`` or ``nn.Conv3d``.
         depths, kernel_size: ConvMixer layers per global-context block and their depthwise kernel.
@@ -249,6 +249,9 @@ class MGCCNetwork(SegmentationNetwork):
         self.aux_decoders = nn.ModuleList(aux_decoders)
         for decoder in self.aux_decoders:
             decoder.deep_supervision = False
+            # heads that never run: frozen, so DistributedDataParallel does not wait for their gradients (nnU-Net
+            # wraps with find_unused_parameters=False); kept in the state dict
+            decoder.seg_heads[:-1].requires_grad_(False)
 
     def forward(self, x: torch.Tensor):
         """Training mode: the tuple ``(main, aux1, aux2, aux3)`` that :class:`~nnunet_ext.ssl.mgcc_loss.MGCCObjective`

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 
 import torch
 
+from nnunet_ext.ssl.ranks import RankSum, single_process
+
 #: the official code's guard in prototype means and presence-weighted averages
 EPSILON = 1e-6
 
@@ -113,18 +115,21 @@ def _spatial(values: torch.Tensor, spatial_dims: int) -> torch.Tensor:
     return values.view(*values.shape, *([1] * spatial_dims))
 
 
-def prototype_separation_loss(class_prototypes: torch.Tensor, presence: torch.Tensor) -> torch.Tensor:
+def prototype_separation_loss(
+    class_prototypes: torch.Tensor, presence: torch.Tensor, sum_over_ranks: RankSum = single_process
+) -> torch.Tensor:
     """``proto``: mean over the pairs k < l of classes present in the batch of ``exp(-(mean_c |v_k - v_l|)^2)``.
 
     ``v_k = (sum_i mu_ik) n_k / (n_k + 1e-6)`` with ``n_k`` the number of patches holding class k (the official
-    ``mean_vecs``, in effect a sum over patches). Prototypes (B, K, C), presence (B, K); 0 with fewer than two
-    present classes. Close class prototypes give a loss near 1.
+    ``mean_vecs``, in effect a sum over patches; over every rank's patches, through ``sum_over_ranks``). Prototypes
+    (B, K, C), presence (B, K); 0 with fewer than two present classes. Close class prototypes give a loss near 1.
 
     The pairs are a (K, K) mask rather than a list of present classes: no value leaves the device (no
     synchronisation, no graph break under ``torch.compile``) and fake tensors can trace it.
     """
-    patches_with_class = presence.sum(0)
-    vectors = class_prototypes.sum(0) * (patches_with_class / (patches_with_class + EPSILON)).unsqueeze(-1)
+    patches_with_class = sum_over_ranks(presence.sum(0))
+    prototype_sums = sum_over_ranks(class_prototypes.sum(0))
+    vectors = prototype_sums * (patches_with_class / (patches_with_class + EPSILON)).unsqueeze(-1)
     present = patches_with_class > 0
     pairs = torch.triu(present.unsqueeze(0) & present.unsqueeze(1), diagonal=1).to(vectors.dtype)
     distance = (vectors.unsqueeze(1) - vectors.unsqueeze(0)).abs().mean(-1)
@@ -182,7 +187,11 @@ class CGMMTerms:
 
 
 def cgmm_terms(
-    probabilities: torch.Tensor, features: torch.Tensor, labels: torch.Tensor, num_labeled: int
+    probabilities: torch.Tensor,
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    num_labeled: int,
+    sum_over_ranks: RankSum = single_process,
 ) -> CGMMTerms:
     """3D-CGMM of one network on a whole batch, labeled samples first.
 
@@ -191,6 +200,8 @@ def cgmm_terms(
         features: last decoder feature map (B, C, *S), same spatial size as the prediction.
         labels: ground truth of the first ``num_labeled`` samples (L, *S), integer classes.
         num_labeled: L; the remaining B - L samples are unlabeled.
+        sum_over_ranks: for the class vectors of :func:`prototype_separation_loss`, which sum over the batch's
+            patches; every other term is a mean over patches.
     """
     if features.shape[2:] != probabilities.shape[2:]:
         raise ValueError(
@@ -203,7 +214,7 @@ def cgmm_terms(
     class_prototypes = prototypes(features[:num_labeled], labels, num_classes)
     masked = response(features[:num_labeled], class_prototypes) * _spatial(presence, labels.dim() - 1)
     gmm = labeled_gmm_loss(probabilities[:num_labeled], masked, labels, presence)
-    gmm = gmm + prototype_separation_loss(class_prototypes, presence)
+    gmm = gmm + prototype_separation_loss(class_prototypes, presence, sum_over_ranks)
     pairing = paired_labeled_index(features.shape[0] - num_labeled, num_labeled, features.device)
     unlabeled_response = response(features[num_labeled:], class_prototypes[pairing])
     gmm_unlabeled = unlabeled_gmm_loss(probabilities[num_labeled:], unlabeled_response, presence[pairing])

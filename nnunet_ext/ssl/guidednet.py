@@ -9,13 +9,14 @@ supervised terms are computed by the caller (the trainer uses nnU-Net's Dice + C
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 
 from nnunet_ext.ssl.cgmm import cgmm_terms, response_consistency
 from nnunet_ext.ssl.ktcps import KTCPSClassWeights, correct_voxel_counts, cross_pseudo_supervision
 from nnunet_ext.ssl.ramps import ramped_weight
+from nnunet_ext.ssl.ranks import RankSum, single_process
 
 #: the official ``--lanmuda``: weight of the 3D-CGMM terms
 CGMM_WEIGHT = 0.3
@@ -34,7 +35,7 @@ def guidednet_loss(
     labels: torch.Tensor,
     class_weights: KTCPSClassWeights,
     iteration: int,
-    reduce_counts: Callable[[torch.Tensor], torch.Tensor] = lambda counts: counts,
+    sum_over_ranks: RankSum = single_process,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
     """GuidedNet's training loss for one iteration and its terms; updates ``class_weights`` (KT-CPS EMA).
 
@@ -45,8 +46,9 @@ def guidednet_loss(
         labels: ground truth of the labeled samples (L, *S), integer classes; L = ``labels.shape[0]``.
         class_weights: the KT-CPS state (per network or shared).
         iteration: 0-based global training iteration (ramp-up position).
-        reduce_counts: applied to each network's correct-voxel counts (K,) before the class-weight update (sum over
-            DDP ranks, so every rank keeps the same state).
+        sum_over_ranks: the sum over DDP ranks of the batch statistics (:mod:`nnunet_ext.ssl.ranks`): the
+            correct-voxel counts (K,) of the class-weight update, so every rank keeps the same state, the KT-CPS
+            weighted mean and the CGMM class vectors, so every rank's loss is the global batch's.
     """
     num_labeled = labels.shape[0]
     weight = ramped_weight(CONSISTENCY_WEIGHT, iteration, CONSISTENCY_RAMPUP)
@@ -54,10 +56,11 @@ def guidednet_loss(
     loss = supervised[0] + supervised[1]
     responses, counts = [], []
     for index, (network_logits, network_features) in enumerate(zip(logits, features), start=1):
-        cgmm = cgmm_terms(torch.softmax(network_logits.float(), 1), network_features, labels, num_labeled)
+        probabilities = torch.softmax(network_logits.float(), 1)
+        cgmm = cgmm_terms(probabilities, network_features, labels, num_labeled, sum_over_ranks)
         loss = loss + CGMM_WEIGHT * (cgmm.gmm + cgmm.gmm_unlabeled)
         responses.append(cgmm.masked_response)
-        counts.append(reduce_counts(correct_voxel_counts(network_logits[:num_labeled].detach(), labels)))
+        counts.append(sum_over_ranks(correct_voxel_counts(network_logits[:num_labeled].detach(), labels)))
         terms |= {
             f"supervised{index}": supervised[index - 1],
             f"gmm{index}": cgmm.gmm,
@@ -65,7 +68,7 @@ def guidednet_loss(
         }
     consistency = response_consistency(*responses)
     weights_a, weights_b = class_weights.update(*counts)
-    ktcps = cross_pseudo_supervision(logits[0], logits[1], weights_a, weights_b)
+    ktcps = cross_pseudo_supervision(logits[0], logits[1], weights_a, weights_b, sum_over_ranks)
     loss = loss + 2 * CGMM_WEIGHT * weight * consistency + weight * ktcps
     terms |= {"cgmm_consistency": consistency, "ktcps": ktcps, "consistency_weight": weight}
     return loss, terms

@@ -22,6 +22,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from nnunet_ext.ssl.ranks import RankSum, single_process
+
 #: the official EMA momentum of the class weights
 MOMENTUM = 0.99
 #: the official guard in ``P_k``
@@ -100,18 +102,28 @@ class KTCPSClassWeights:
         self.weights.copy_(state["weights"].to(self.weights.device))
 
 
-def weighted_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """torch's class-weighted CE mean ``sum_v w[t_v] ce_v / sum_v w[t_v]``; 0 (not NaN) when every target has weight 0
-    (e.g. an all-background pseudo-label map early in training: a fix, the official code returns NaN there)."""
+def weighted_cross_entropy(
+    logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor, sum_over_ranks: RankSum = single_process
+) -> torch.Tensor:
+    """torch's class-weighted CE mean ``sum_v w[t_v] ce_v / sum_v w[t_v]`` over the voxels of the batch (of every
+    rank: both sums go through ``sum_over_ranks``); 0 (not NaN) when every target has weight 0 (e.g. an
+    all-background pseudo-label map early in training: a fix, the official code returns NaN there)."""
     per_voxel = F.cross_entropy(logits.float(), targets, reduction="none")
     voxel_weights = weights[targets]
-    return (voxel_weights * per_voxel).sum() / voxel_weights.sum().clamp_min(EPSILON)
+    weighted, total = sum_over_ranks(torch.stack([(voxel_weights * per_voxel).sum(), voxel_weights.sum()]))
+    return weighted / total.clamp_min(EPSILON)
 
 
 def cross_pseudo_supervision(
-    logits1: torch.Tensor, logits2: torch.Tensor, weights_a: torch.Tensor, weights_b: torch.Tensor
+    logits1: torch.Tensor,
+    logits2: torch.Tensor,
+    weights_a: torch.Tensor,
+    weights_b: torch.Tensor,
+    sum_over_ranks: RankSum = single_process,
 ) -> torch.Tensor:
-    """``CE_{W_B}(logits1, argmax logits2) + CE_{W_A}(logits2, argmax logits1)`` on whole batches (B, K, *S); the
-    pseudo-labels are detached."""
+    """``CE_{W_B}(logits1, argmax logits2) + CE_{W_A}(logits2, argmax logits1)`` on whole batches (B, K, *S), the
+    weighted means over every rank's batch (:func:`weighted_cross_entropy`); the pseudo-labels are detached."""
     pseudo1, pseudo2 = logits1.detach().argmax(1), logits2.detach().argmax(1)
-    return weighted_cross_entropy(logits1, pseudo2, weights_b) + weighted_cross_entropy(logits2, pseudo1, weights_a)
+    return weighted_cross_entropy(logits1, pseudo2, weights_b, sum_over_ranks) + weighted_cross_entropy(
+        logits2, pseudo1, weights_a, sum_over_ranks
+    )

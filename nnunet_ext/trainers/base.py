@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.distributed as dist
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from torch import distributed as dist
 from torch import nn
 from torch._dynamo import OptimizedModule
 from torch.nn.parallel import DistributedDataParallel
@@ -29,6 +32,9 @@ class nnUNetTrainerExtBase(nnUNetTrainer):
       set are logged and kept as ``schedule_overrides`` (in ``debug.json``).
     - Checkpoints hold nnU-Net's keys plus what :meth:`checkpoint_contents` adds, and :meth:`load_checkpoint` reads a
       file once (or takes a loaded dict) and restores them through :meth:`restore_checkpoint`.
+    - Under DDP (``-num_gpus N``) each rank draws its training samples from its own shard of the fold's training
+      cases (:meth:`rank_shard`), so the ranks' samples of a step are distinct cases; nnU-Net lets every rank draw
+      from all of them.
 
     The ``__init__`` signature is nnU-Net's, unchanged: checkpoints store it as ``init_args``.
     """
@@ -75,6 +81,37 @@ class nnUNetTrainerExtBase(nnUNetTrainer):
         if not self.enable_deep_supervision or not hasattr(network, "deep_supervision_scales"):
             return super()._get_deep_supervision_scales()
         return network.deep_supervision_scales
+
+    def rank_shard(self, keys: Sequence[str], what: str) -> list[str]:
+        """This rank's cases of ``keys`` (``what`` they are, for the log): ``keys[rank::world_size]`` under DDP, so
+        the ranks draw from disjoint shards; every key without DDP, or, with a warning in the log, when there are
+        fewer keys than ranks (ranks may then draw the same case in a step). With a case count that the ranks do
+        not divide, the cases of the smaller shards are drawn slightly more often."""
+        keys = list(keys)
+        if not self.is_ddp:
+            return keys
+        world_size = dist.get_world_size()
+        if len(keys) < world_size:
+            self.print_to_log_file(
+                f"WARNING: {len(keys)} {what} for {world_size} ranks: every rank draws from all of them, so ranks may "
+                "draw the same case in a step"
+            )
+            return keys
+        return keys[self.local_rank :: world_size]
+
+    def get_tr_and_val_datasets(self):
+        """nnU-Net's training and validation datasets; under DDP the training one holds this rank's
+        :meth:`rank_shard` of the fold's training cases (validation is nnU-Net's: every case on every rank)."""
+        dataset_tr, dataset_val = super().get_tr_and_val_datasets()
+        if not self.is_ddp:
+            return dataset_tr, dataset_val
+        shard = self.rank_shard(dataset_tr.identifiers, "training cases")
+        dataset_tr = self.dataset_class(
+            self.preprocessed_dataset_folder,
+            shard,
+            folder_with_segs_from_previous_stage=self.folder_with_segs_from_previous_stage,
+        )
+        return dataset_tr, dataset_val
 
     def checkpoint_contents(self) -> dict:
         """What :meth:`save_checkpoint` writes: the keys of nnunetv2 2.8.1's ``nnUNetTrainer.save_checkpoint`` (which

@@ -18,6 +18,10 @@ the same architecture with different initialisations, trained jointly on batches
 The ramp is counted in nnU-Net iterations over the whole run (``global_iteration``, restored by ``--c``), or
 relative to the run's length with ``nnUNet_ext_rampup=relative`` (``ramp_iteration``).
 
+Under ``-num_gpus N`` both networks are DDP-wrapped, and the loss's batch statistics (the KT-CPS correct-voxel counts
+and weighted mean, the CGMM class vectors) are summed over the ranks: the class weights stay identical on every rank
+and a step's loss is that of the global batch (:mod:`nnunet_ext.ssl.ranks`).
+
 Backbone: the plans' network (nnU-Net's PlainConvUNet, or the combined architecture), not the official 16-filter
 3D U-Net with dropout; 3D-CGMM runs on its last decoder feature (32 channels for nnU-Net's U-Net, 16 officially).
 
@@ -62,6 +66,7 @@ from nnunet_ext.networks.features import PARTNER_PREFIX, FeatureNetwork
 from nnunet_ext.ssl.guidednet import CONSISTENCY_RAMPUP, PUBLISHED_ITERATIONS, guidednet_loss
 from nnunet_ext.ssl.ktcps import KTCPSClassWeights
 from nnunet_ext.ssl.ramps import ITERATIONS_PER_RAMP_STEP
+from nnunet_ext.ssl.ranks import RankSum, single_process
 from nnunet_ext.trainers.base import unwrap_module
 from nnunet_ext.trainers.cmunext import nnUNetTrainerCMUNeXt
 from nnunet_ext.trainers.gcgle import nnUNetTrainerGCGLE
@@ -103,11 +108,12 @@ def scheme_loss(
     loss: nn.Module,
     class_weights: KTCPSClassWeights,
     iteration: int,
-    reduce_counts: Callable[[torch.Tensor], torch.Tensor] = lambda counts: counts,
+    sum_over_ranks: RankSum = single_process,
 ):
     """One forward of each network on the whole batch ``data`` (B, C, *S), labeled samples first; their supervised
     losses (``loss``, nnU-Net's Dice + CE with deep supervision, on the labeled samples of ``target``: (L, 1, *S) per
-    deep-supervision scale) and :func:`~nnunet_ext.ssl.guidednet.guidednet_loss` on the full-resolution outputs."""
+    deep-supervision scale) and :func:`~nnunet_ext.ssl.guidednet.guidednet_loss` on the full-resolution outputs
+    (its batch statistics summed over the DDP ranks with ``sum_over_ranks``)."""
     full_target = target[0] if isinstance(target, list) else target
     num_labeled = full_target.shape[0]
     logits, features, supervised = [], [], []
@@ -120,7 +126,7 @@ def scheme_loss(
         logits.append(output[0] if isinstance(output, (list, tuple)) else output)
         features.append(network_features)
     labels = full_target[:, 0].long()
-    return guidednet_loss(logits, features, supervised, labels, class_weights, iteration, reduce_counts)
+    return guidednet_loss(logits, features, supervised, labels, class_weights, iteration, sum_over_ranks)
 
 
 def xavier_initialise(network: nn.Module) -> None:
@@ -208,7 +214,7 @@ class nnUNetTrainerGuidedNet(nnUNetTrainerSemiSupervisedBase):
             self.loss,
             self.ktcps_weights,
             self.ramp_iteration,
-            self.all_reduce,
+            self.sum_over_ranks,
         )
 
     def on_train_end(self):

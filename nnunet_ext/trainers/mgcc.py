@@ -98,6 +98,9 @@ class nnUNetTrainerMGCC(nnUNetTrainerSemiSupervisedBase):
     iterations, nnU-Net's augmentation), kept so results compare with nnU-Net's; it was not compared here with the
     published SGD 0.9 / 1e-4 for 20 000 iterations (written for binary 2D tasks at 256^2). Inference: the main
     decoder only. Ignore labels are not supported (the published losses have no masked form).
+
+    Under ``-num_gpus N`` every loss term is a mean over samples, so a step is that of the global batch, except that
+    the perturbations shared by a batch (feature-dropout threshold, feature noise) are drawn per rank.
     """
 
     scheme_architecture = staticmethod(mgcc_architecture)

@@ -28,6 +28,7 @@ from batchgeneratorsv2.helpers.scalar_type import RandomScalar
 from batchgeneratorsv2.transforms.base.basic_transform import BasicTransform
 from nnunetv2.paths import nnUNet_raw
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.utilities.ddp_allgather import AllGatherGrad
 from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
 from nnunetv2.utilities.helpers import dummy_context
 from torch import autocast, nn
@@ -100,6 +101,12 @@ class nnUNetTrainerSemiSupervisedBase(LabeledSubsetSplit, nnUNetTrainerExtBase, 
     ``splits_ssl.json`` from ``nnUNetv2_ext_ssl_split``, or without it every training case of the fold). Unlabeled
     stream: :meth:`get_unlabeled_dataloader` over the pool of :attr:`unlabeled_sources` found at training start.
     Batch: :meth:`batch_composition` of nnU-Net's (per-rank) batch size; validation batches have the labeled size.
+
+    Under DDP (``nnUNetv2_train -num_gpus N``): ``self.network`` and every registered network are DDP-wrapped with
+    SyncBatchNorm; each rank composes its share of the batch nnU-Net split, drawing from its own shards of the
+    labeled cases and of the pool (:meth:`rank_shard`); ``global_iteration`` advances alike on every rank; scheme
+    state and loss terms on batch statistics go through :meth:`sum_over_ranks`, so the state stays identical on every
+    rank and a step is that of the global batch; rank 0 writes the checkpoints and ``--c`` restores every rank.
 
     Example (cross pseudo supervision between two networks, with a class-weight state)::
 
@@ -225,7 +232,8 @@ class nnUNetTrainerSemiSupervisedBase(LabeledSubsetSplit, nnUNetTrainerExtBase, 
 
     def batch_composition(self, batch_size: int) -> tuple[int, int]:
         """``(labeled, unlabeled)`` samples per step for nnU-Net's (per-rank) ``batch_size``: under DDP nnU-Net
-        splits the plans' batch over the ranks and each rank composes its share, drawing from its own random loaders.
+        splits the plans' batch over the ranks and each rank composes its share, drawing from its own random loaders
+        over its own shards of the labeled and the unlabeled cases (:meth:`rank_shard`).
 
         Override to fix the counts (e.g. ``return 4, 4``)."""
         return split_batch(batch_size, self.labeled_batch_fraction)
@@ -265,20 +273,21 @@ class nnUNetTrainerSemiSupervisedBase(LabeledSubsetSplit, nnUNetTrainerExtBase, 
     def register_state(self, *names: str) -> None:
         """Save and restore the attributes ``names`` of ``self`` with the checkpoint (under :data:`CHECKPOINT_KEY`):
         objects with ``state_dict``/``load_state_dict``, tensors (restored in place onto the device) and plain
-        picklable values. Under DDP keep them identical on every rank, e.g. update them from :meth:`all_reduce`."""
+        picklable values. Under DDP keep them identical on every rank, e.g. update them from :meth:`sum_over_ranks`."""
         for name in names:
             if not hasattr(self, name):
                 raise AttributeError(f"set self.{name} before registering it as state")
             self._check_new_name(name)
             self._extra_state_names.append(name)
 
-    def all_reduce(self, tensor: torch.Tensor, average: bool = False) -> torch.Tensor:
-        """Sum (or average) ``tensor`` over the DDP ranks, in place; unchanged without DDP. Returns it."""
-        if self.is_ddp:
-            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-            if average:
-                tensor /= dist.get_world_size()
-        return tensor
+    def sum_over_ranks(self, tensor: torch.Tensor) -> torch.Tensor:
+        """``tensor`` summed over the DDP ranks (a new tensor of its shape); ``tensor`` itself without DDP.
+
+        Differentiable as nnU-Net's gathered batch-Dice sums are: a loss computed from such sums has the global
+        batch's value on every rank, and each rank's gradient flows back into its own samples. Use it for scheme
+        state updated from the batch (identical on every rank) and for loss terms on batch statistics
+        (:mod:`nnunet_ext.ssl.ranks`)."""
+        return AllGatherGrad.apply(tensor).sum(0) if self.is_ddp else tensor
 
     @staticmethod
     def get_unlabeled_transforms(
@@ -333,14 +342,20 @@ class nnUNetTrainerSemiSupervisedBase(LabeledSubsetSplit, nnUNetTrainerExtBase, 
             *self.unlabeled_pool.notes,
         )
 
+    def unlabeled_dataset(self) -> UnlabeledDataset:
+        """The unlabeled cases this rank draws from: the whole pool, or under DDP its :meth:`rank_shard`."""
+        keys = self.rank_shard(sorted(self.unlabeled_pool.image_files), "unlabeled cases")
+        return UnlabeledDataset({key: self.unlabeled_pool.image_files[key] for key in keys})
+
     def get_unlabeled_dataloader(self):
-        """nnU-Net's augmenter over the unlabeled pool (same worker count and caching as the labeled stream)."""
+        """nnU-Net's augmenter over :meth:`unlabeled_dataset` (same worker count and caching as the labeled
+        stream)."""
         rotation, dummy_2d, initial_patch_size, mirror_axes = (
             self.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
         )
         patch_size = self.configuration_manager.patch_size
         loader = nnUNetUnlabeledDataLoader(
-            UnlabeledDataset(self.unlabeled_pool.image_files),
+            self.unlabeled_dataset(),
             self.unlabeled_batch_size,
             initial_patch_size,
             patch_size,
