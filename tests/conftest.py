@@ -20,7 +20,10 @@ from nnunet_ext.data.synthetic import SyntheticDatasetSpec, generate_synthetic_d
 MARKERS = {
     "slow": "runs nnU-Net's console scripts or trains end to end in subprocesses",
     "compile": "the CUDA-path matrix beyond the default tier: every trainer compiled (inductor) and in float16",
+    "ddp": "nnU-Net's own multi-process (DDP) training entry point end to end over gloo (minutes)",
 }
+#: tiers that run only when ``-m`` names them
+OPT_IN_MARKERS = ("compile", "ddp")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -30,15 +33,16 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Every test that needs the isolated nnU-Net environment (it runs nnU-Net's console scripts, or prepares a
-    dataset with them) is ``slow``. ``compile`` tests run only when ``-m`` names that marker."""
+    dataset with them) is ``slow``. Tests of an :data:`OPT_IN_MARKERS` tier run only when ``-m`` names it."""
     for item in items:
         if "nnunet_environment" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.slow)
-    if "compile" not in config.getoption("markexpr"):
-        deselected = [item for item in items if item.get_closest_marker("compile") is not None]
-        if deselected:
-            config.hook.pytest_deselected(items=deselected)
-            items[:] = [item for item in items if item.get_closest_marker("compile") is None]
+    named = config.getoption("markexpr")
+    skipped_tiers = [marker for marker in OPT_IN_MARKERS if marker not in named]
+    deselected = [item for item in items if any(item.get_closest_marker(m) is not None for m in skipped_tiers)]
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = [item for item in items if item not in deselected]
 
 
 @pytest.fixture(scope="session")

@@ -473,6 +473,7 @@ def run_ddp_training(folder: Path, continue_training: bool) -> list[list[dict]]:
     return [json.loads((folder / f"steps_rank{rank}.json").read_text()) for rank in range(WORLD_SIZE)]
 
 
+@pytest.mark.ddp
 def test_nnunet_run_ddp_trains_checkpoints_and_resumes_a_scheme(e2e_dataset, nnunet_paths, monkeypatch, tmp_path):
     """Training, then ``--c`` for one more epoch: every step's labeled and unlabeled cases come from the rank's
     shard, both ranks count the same iterations, the checkpoints (also the averaged one) and the validation are
