@@ -25,7 +25,7 @@ def memory_advice(trainer, total_memory_bytes: int, world_size: int = 1) -> str 
     if peak <= total_memory_bytes:
         return None
     trainer_name = type(trainer).__name__
-    target = math.floor(total_memory_bytes / GIB)
+    target = max(math.floor(total_memory_bytes / GIB), 1)
     return (
         f"Estimated training peak {peak / GIB:.1f} GB (batch {batch_size} per GPU, patch "
         f"{list(trainer.configuration_manager.patch_size)}) exceeds this GPU's {total_memory_bytes / GIB:.1f} GB: "
