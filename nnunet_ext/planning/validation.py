@@ -3,9 +3,10 @@
 For each trainer, at a benchmark preset: the estimate of a float32 step (:func:`training_peak_bytes` with
 ``autocast_dtype=None``, what a CPU trains) without the parameters and buffers, against the measured growth of the
 resident set size of a fresh process over two real train steps (peak RSS during the steps minus RSS after the
-trainer was built, which already holds the parameters). RSS also holds what the estimate leaves out on purpose
-(allocator caches, oneDNN's scratch buffers and weight reorders, Python objects), so the estimate is expected
-below it; the ratio is printed.
+trainer was built, which already holds the parameters), at two batch sizes. RSS also holds what the estimate leaves
+out on purpose (allocator caches, oneDNN's scratch buffers and weight reorders, Python objects), so the estimate is
+expected below it; those parts hardly grow with the batch, so the growth per sample between the two batches compares
+the activation memory itself. Both ratios are printed.
 """
 
 from __future__ import annotations
@@ -26,18 +27,24 @@ MIB = 2**20
 
 @dataclass(frozen=True)
 class MemoryCheck:
-    """Estimated and measured step memory (bytes above the parameters and buffers) of one trainer."""
+    """Estimated and measured step memory (bytes above the parameters and buffers) of one trainer at two batches."""
 
     trainer: str
     preset: str
-    batch_size: int
-    estimated_bytes: int
-    measured_bytes: int
+    batch_sizes: tuple[int, int]
+    estimated_bytes: tuple[int, int]
+    measured_bytes: tuple[int, int]
 
     @property
     def ratio(self) -> float:
-        """Estimate over measurement."""
-        return self.estimated_bytes / self.measured_bytes
+        """Estimate over measurement at the larger batch."""
+        return self.estimated_bytes[1] / self.measured_bytes[1]
+
+    @property
+    def per_sample_ratio(self) -> float:
+        """Estimate over measurement of the growth per sample between the two batches (constant parts, such as
+        the resident caches the estimate leaves out, cancel)."""
+        return (self.estimated_bytes[1] - self.estimated_bytes[0]) / (self.measured_bytes[1] - self.measured_bytes[0])
 
 
 def _resident_bytes() -> int:
@@ -82,17 +89,25 @@ def estimate_step_bytes(trainer_name: str, preset: str, batch_size: int) -> int:
     return peak - weights
 
 
-def check(trainer_name: str, preset: str, batch_size: int) -> MemoryCheck:
-    """Estimate here, measurement in a fresh Python process (its peak RSS is its own)."""
+def _measured_in_fresh_process(trainer_name: str, preset: str, batch_size: int) -> int:
+    """:func:`measure_step_growth` in a new Python process (its peak RSS is its own)."""
     measured = subprocess.run(
         [sys.executable, "-m", "nnunet_ext.planning.validation", "--measure", trainer_name, preset, str(batch_size)],
         check=True,
         capture_output=True,
         text=True,
     )
-    measured_bytes = json.loads(measured.stdout.strip().splitlines()[-1])["measured_bytes"]
+    return json.loads(measured.stdout.strip().splitlines()[-1])["measured_bytes"]
+
+
+def check(trainer_name: str, preset: str, batch_sizes: tuple[int, int]) -> MemoryCheck:
+    """Estimates here, measurements each in a fresh process, at both batch sizes."""
     return MemoryCheck(
-        trainer_name, preset, batch_size, estimate_step_bytes(trainer_name, preset, batch_size), measured_bytes
+        trainer_name,
+        preset,
+        batch_sizes,
+        tuple(estimate_step_bytes(trainer_name, preset, b) for b in batch_sizes),
+        tuple(_measured_in_fresh_process(trainer_name, preset, b) for b in batch_sizes),
     )
 
 
@@ -106,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="trainer names",
     )
     parser.add_argument("--preset", default="2d_small", help="benchmark preset (default: 2d_small)")
-    parser.add_argument("--batch-size", type=int, default=None, help="batch size (default: the preset's)")
+    parser.add_argument("--batch-sizes", nargs=2, type=int, default=[2, 6], help="the two batch sizes compared")
     parser.add_argument("--measure", nargs=3, metavar=("TRAINER", "PRESET", "BATCH"), help=argparse.SUPPRESS)
     return parser
 
@@ -117,16 +132,19 @@ def main(argv: list[str] | None = None) -> None:
         trainer_name, preset, batch_size = args.measure
         print(json.dumps({"measured_bytes": measure_step_growth(trainer_name, preset, int(batch_size))}))
         return
-    from nnunet_ext.benchmark.presets import PRESETS
-
-    batch_size = args.batch_size or PRESETS[args.preset].batch_size
-    print("| trainer | preset | batch | estimated MB | measured MB (RSS growth) | estimate / measured |")
+    small, large = args.batch_sizes
+    print(
+        f"| trainer | preset | estimated MB (batch {small}, {large}) | measured MB (RSS growth) "
+        f"| estimate / measured at batch {large} | per sample: estimate / measured |"
+    )
     print("|---|---|---|---|---|---|")
     for trainer_name in args.trainers:
-        result = check(trainer_name, args.preset, batch_size)
+        result = check(trainer_name, args.preset, (small, large))
+        estimated = ", ".join(f"{b / MIB:.0f}" for b in result.estimated_bytes)
+        measured = ", ".join(f"{b / MIB:.0f}" for b in result.measured_bytes)
         print(
-            f"| {result.trainer} | {result.preset} | {result.batch_size} | {result.estimated_bytes / MIB:.0f} "
-            f"| {result.measured_bytes / MIB:.0f} | {result.ratio:.2f} |",
+            f"| {result.trainer} | {result.preset} | {estimated} | {measured} | {result.ratio:.2f} "
+            f"| {result.per_sample_ratio:.2f} |",
             flush=True,
         )
 
