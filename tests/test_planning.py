@@ -75,7 +75,7 @@ def _linear_estimate(fixed: float, per_voxel: float):
 
 
 def test_the_batch_is_the_largest_that_fits_below_the_dataset_cap():
-    configuration = _configuration((256, 224), median=(256, 224))
+    configuration = _configuration((256, 224), batch=1000, median=(256, 224))
     estimate = _linear_estimate(1 * GIB, 2000.0)
     result = fit_configuration("2d", configuration, estimate, 8 * GIB, num_training_cases=10_000)
     expected = math.floor((7 * GIB) / (2000.0 * 256 * 224))
@@ -83,6 +83,18 @@ def test_the_batch_is_the_largest_that_fits_below_the_dataset_cap():
     assert result.peak_bytes <= 8 * GIB < estimate(result.configuration, expected + 1)
     capped = fit_configuration("2d", configuration, estimate, 80 * GIB, num_training_cases=100)
     assert capped.batch_size == dataset_batch_cap(configuration, 100, (256, 224)) == round(100 * 0.05)
+    planned = fit_configuration("2d", _configuration((256, 224), batch=12), estimate, 80 * GIB, 10_000)
+    assert planned.batch_size == 12  # never more than nnU-Net planned
+
+
+def test_an_optimistic_linear_model_is_corrected_by_the_estimates():
+    configuration = _configuration((64, 64), batch=1000)
+
+    def convex(candidate: dict, batch_size: int) -> int:
+        return int(GIB * (0.1 + 0.01 * batch_size + 0.0005 * batch_size**2))
+
+    result = fit_configuration("2d", configuration, convex, 2 * GIB, num_training_cases=10**6)
+    assert result.peak_bytes <= 2 * GIB < convex(configuration, result.batch_size + 1)
 
 
 def test_a_patch_that_does_not_fit_batch_2_shrinks_as_nnunet_shrinks_it():
@@ -197,5 +209,5 @@ def test_nnunet_plan_experiment_finds_the_trainer_planner(nnunet_environment, sy
     assert plans["plans_name"] == "nnUNetPlans_CMUNeXt_S_8G"
     assert fitted["data_identifier"] == default["data_identifier"]
     assert fitted["patch_size"] == default["patch_size"]  # 8 GB hold this small network at the planned patch
-    assert fitted["batch_size"] == dataset_batch_cap(fitted, spec.num_training, tuple(fitted["patch_size"]))
+    assert fitted["batch_size"] == default["batch_size"]
     assert "| 2d |" in output

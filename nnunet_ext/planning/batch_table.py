@@ -2,7 +2,8 @@
 
 For each trainer that builds the preset's configuration (nnU-Net's ``nnUNetTrainer`` and every registered trainer),
 :func:`~nnunet_ext.planning.fit.fit_configuration` at each target, the estimates shared between targets; the preset
-stands for a dataset large enough that nnU-Net's 5% cap does not bind.
+stands for a dataset large enough that nnU-Net's 5% cap does not bind, and nnU-Net's own batch at each target (the
+cap of the fitted batch) is the preset's batch scaled with the target as nnU-Net's planner scales it.
 """
 
 from __future__ import annotations
@@ -15,6 +16,12 @@ from nnunet_ext.command_line import HelpFormatter
 PROGRAM = "python -m nnunet_ext.planning.batch_table"
 #: cases of the stand-in dataset: enough that a batch never covers 5% of its voxels
 STAND_IN_CASES = 100_000
+
+
+def nnunet_batch_size(batch_size_at_8_gb: int, target_gb: float) -> int:
+    """nnU-Net's planned batch at ``target_gb`` where its patch already spans the median image: its planner's batch
+    ``round(reference / estimate x reference batch)`` scales with the target through ``reference``."""
+    return max(round(batch_size_at_8_gb * target_gb / 8), 2)
 
 
 def cached_estimator(trainer_class: type, setting, dataset_json: dict) -> tuple[Callable[[dict, int], int], dict]:
@@ -58,8 +65,9 @@ def main(argv: list[str] | None = None) -> None:
     dataset_json = benchmark_dataset_json(setting)
     configuration = setting.plans["configurations"][setting.configuration]
     names = args.trainers or ["nnUNetTrainer", *registered_trainer_names()]
-    targets = " | ".join(f"{t:g} GB: patch, batch (peak GB)" for t in args.targets)
-    print(f"preset {args.preset}: patch {list(setting.patch_size)}, nnU-Net's batch {setting.batch_size}")
+    targets = " | ".join(f"{t:g} GB (nnU-Net: {nnunet_batch_size(setting.batch_size, t)})" for t in args.targets)
+    print(f"preset {args.preset}: patch {list(setting.patch_size)}, nnU-Net's batch {setting.batch_size} at 8 GB")
+    print("cells: patch, batch (estimated peak GB); columns: target (nnU-Net's batch there)")
     print(f"| trainer | {targets} | estimates |")
     print("|---|" + "---|" * len(args.targets) + "---|")
     for name in names:
@@ -69,7 +77,8 @@ def main(argv: list[str] | None = None) -> None:
         estimate, cache = cached_estimator(trainer_class, setting, dataset_json)
         cells = []
         for target in args.targets:
-            fitted = fit_configuration(setting.configuration, configuration, estimate, target * GIB, STAND_IN_CASES)
+            source = {**configuration, "batch_size": nnunet_batch_size(setting.batch_size, target)}
+            fitted = fit_configuration(setting.configuration, source, estimate, target * GIB, STAND_IN_CASES)
             patch = "x".join(map(str, fitted.patch_size))
             note = "" if fitted.fits else ", does not fit"
             cells.append(f"{patch}, {fitted.batch_size} ({fitted.peak_bytes / GIB:.1f}{note})")

@@ -3,15 +3,17 @@
 nnU-Net's ``ExperimentPlanner`` sizes batch and patch with ``static_estimate_VRAM_usage`` of its own U-Net. Here
 the plans' configuration is kept as planned and only what must change changes: the batch becomes the largest that
 keeps the trainer's estimated training peak (:func:`~nnunet_ext.planning.memory.training_peak_bytes`) within the
-memory target; where batch 2 does not fit, the patch shrinks the way nnU-Net's planner shrinks it (the axis largest
-relative to the median image shape, by the divisibility step of nnU-Net's ``get_pool_and_conv_props``, the network
-topology recomputed) until it does. nnU-Net's other limits stay: batch >= 2 and a batch covers <= 5% of the
-dataset's voxels.
+memory target, never larger than the plans' own (what nnU-Net planned for its U-Net at that target: a network that
+needs less memory keeps nnU-Net's batch, and with it nnU-Net's training dynamics); where batch 2 does not fit, the
+patch shrinks the way nnU-Net's planner shrinks it (the axis largest relative to the median image shape, by the
+divisibility step of nnU-Net's ``get_pool_and_conv_props``, the network topology recomputed) until it does.
+nnU-Net's other limits stay: batch >= 2 and a batch covers <= 5% of the dataset's voxels.
 
 The peak is modelled as ``fixed + batch * per_sample`` from estimates at batches 2 and 4 (a semi-supervised
 trainer splits its batch into labeled and unlabeled samples, so it needs two); while the patch shrinks
 ``per_sample`` is scaled by the patch's voxels to pick the next candidate, and every chosen (patch, batch) is
-estimated before it is accepted.
+estimated before it is accepted (where the model was optimistic, the largest fitting batch is searched between 2 and
+the failed one).
 """
 
 from __future__ import annotations
@@ -135,15 +137,33 @@ def fit_configuration(
     batch, peak_bytes = MIN_BATCH_SIZE, two
     if fits:
         cap = dataset_batch_cap(candidate, num_training_cases, tuple(candidate["patch_size"]))
-        batch = max(min(math.floor((target_bytes - fixed) / per_sample), cap), MIN_BATCH_SIZE)
+        largest = math.floor((target_bytes - fixed) / per_sample)
+        batch = max(min(largest, cap, configuration["batch_size"]), MIN_BATCH_SIZE)
         peak_bytes = peak(candidate, batch) if batch != MIN_BATCH_SIZE else two
-        while peak_bytes > target_bytes and batch > MIN_BATCH_SIZE:
-            batch -= 1
-            peak_bytes = peak(candidate, batch)
+        if peak_bytes > target_bytes:
+            batch, peak_bytes = _largest_fitting_batch(candidate, peak, two, batch, peak_bytes, target_bytes)
     candidate["batch_size"] = batch
     return FittedConfiguration(
         name, candidate, tuple(configuration["patch_size"]), configuration["batch_size"], peak_bytes, fits, calls
     )
+
+
+def _largest_fitting_batch(
+    configuration: dict, peak: PeakEstimator, peak_two: int, too_large: int, peak_too_large: int, target_bytes: float
+) -> tuple[int, int]:
+    """The largest batch in [2, ``too_large``) whose estimate fits, where the linear model was optimistic: a first
+    guess on the line through the batch-2 and the failed estimate, then bisection. Returns it and its estimate."""
+    fits, fits_peak, fails = MIN_BATCH_SIZE, peak_two, too_large
+    per_sample = (peak_too_large - peak_two) / (too_large - MIN_BATCH_SIZE)
+    middle = min(max(MIN_BATCH_SIZE + math.floor((target_bytes - peak_two) / per_sample), fits + 1), fails - 1)
+    while fails - fits > 1:
+        middle_peak = peak(configuration, middle)
+        if middle_peak <= target_bytes:
+            fits, fits_peak = middle, middle_peak
+        else:
+            fails = middle
+        middle = (fits + fails) // 2
+    return fits, fits_peak
 
 
 def _next_patch(configuration: dict, peak_two: float, fixed: float, target_bytes: float) -> tuple[int, ...] | None:
