@@ -15,6 +15,7 @@ from pathlib import Path
 from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
 from nnunetv2.paths import nnUNet_preprocessed
 from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+from nnunetv2.utilities.json_export import recursive_fix_for_json_export
 
 from nnunet_ext.planning.plans import (
     DEFAULT_GPU_MEMORY_TARGET_GB,
@@ -58,6 +59,7 @@ class TrainerFittedPlanner(ExperimentPlanner):
         )
 
     def save_plans(self, plans: dict) -> None:
+        recursive_fix_for_json_export(plans)  # numpy values to JSON types, as nnU-Net saves them, before comparing
         trainer_class = recursive_find_trainer_class_by_name(self.trainer_name)
         configurations = [
             name for name in own_configurations(plans) if trainer_builds(trainer_class, plans, name, self.dataset_json)
