@@ -4,8 +4,8 @@
   (:mod:`nnunet_ext.registration`) resolve first; every other name falls through to nnU-Net's own lookup, unchanged,
   including its ``nnUNet_extTrainer`` search path.
 - ``recursive_find_python_class`` as ``nnunetv2.experiment_planning.plan_and_preprocess_api`` uses it (the ``-pl``
-  of ``nnUNetv2_plan_experiment``): ``ExtPlanner_<trainer>`` resolves to
-  :func:`nnunet_ext.planning.planner.planner_for_trainer`; every other name falls through unchanged.
+  of ``nnUNetv2_plan_experiment``): ``ExtPlanner_<trainer>`` resolves to the planner
+  :data:`nnunet_ext.registration.PLANNER_FACTORY` builds; every other name falls through unchanged.
 """
 
 from __future__ import annotations
@@ -88,10 +88,10 @@ def patch_find_objects(find_objects: types.ModuleType) -> None:
 
 def _patched_class_lookup(original: Callable[[str, str, str], type | None]) -> Callable[[str, str, str], type | None]:
     def recursive_find_python_class(folder: str, class_name: str, current_module: str) -> type | None:
-        from nnunet_ext.planning.planner import PLANNER_PREFIX, planner_for_trainer
+        from nnunet_ext.registration import PLANNER_FACTORY, PLANNER_PREFIX, load_target
 
         if class_name.startswith(PLANNER_PREFIX):
-            return planner_for_trainer(class_name.removeprefix(PLANNER_PREFIX))
+            return load_target(PLANNER_FACTORY)(class_name.removeprefix(PLANNER_PREFIX))
         return original(folder, class_name, current_module)
 
     setattr(recursive_find_python_class, PATCH_FLAG, True)

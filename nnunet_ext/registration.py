@@ -41,6 +41,20 @@ TRAINERS: dict[str, str] = {
 }
 
 
+#: name prefix of the planners ``nnUNetv2_plan_experiment -pl`` resolves (``ExtPlanner_<trainer>``) and the factory
+#: that builds them; the memory advice trainers log at the start of GPU training. Both live in the planning layer,
+#: above the trainers, and are reached by name as the trainers are.
+PLANNER_PREFIX = "ExtPlanner_"
+PLANNER_FACTORY = "nnunet_ext.planning.planner:planner_for_trainer"
+MEMORY_ADVICE = "nnunet_ext.planning.advice:memory_advice"
+
+
+def load_target(target: str):
+    """The attribute a ``"module:attribute"`` target names (its module imported)."""
+    module_name, _, attribute = target.partition(":")
+    return getattr(importlib.import_module(module_name), attribute)
+
+
 def entry_point_specs() -> list[str]:
     """The ``name = module:attribute`` lines for ``setup(entry_points={ENTRY_POINT_GROUP: ...})``."""
     return [f"{name} = {target}" for name, target in TRAINERS.items()]
@@ -61,8 +75,7 @@ def find_registered_trainer(trainer_name: str) -> type | None:
     """
     target = TRAINERS.get(trainer_name)
     if target is not None:
-        module_name, _, attribute = target.partition(":")
-        return getattr(importlib.import_module(module_name), attribute)
+        return load_target(target)
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         if ep.name == trainer_name:
             return ep.load()

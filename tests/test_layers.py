@@ -27,6 +27,7 @@ LAYERS: list[set[str]] = [
     {"ssl", "conversion", "evaluation", "official"},
     {"trainers", "synthesis"},
     {"benchmark"},
+    {"planning"},
     {"cli"},
 ]
 

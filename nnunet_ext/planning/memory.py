@@ -37,7 +37,8 @@ class AllocationCountingFakeMode(FakeTensorMode):
     ``peak`` since entering. A storage is counted once (views and in-place results share it) and uncounted when it is
     freed. Real tensors used as inputs (the parameters) are not counted.
 
-    Data-dependent results have no value here: ``.item()``, ``float()`` and ``bool()`` of a tensor read 0, and
+    Data-dependent results have no value here: ``.item()``, ``float()`` and ``bool()`` of a tensor read 1 (nonzero:
+    Adam's bias correction ``1 - beta ** step`` divides by it), and
     ``bincount`` with ``minlength`` returns ``minlength`` counts (class counts of labels below it, as every caller in
     this package uses it); any other operation whose output shape depends on values raises.
     """
@@ -51,7 +52,7 @@ class AllocationCountingFakeMode(FakeTensorMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func is torch.ops.aten._local_scalar_dense.default:
-            return 0
+            return 1
         try:
             output = super().__torch_dispatch__(func, types, args, kwargs)
         except DynamicOutputShapeException:

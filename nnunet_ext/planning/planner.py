@@ -27,9 +27,8 @@ from nnunet_ext.planning.plans import (
     reuse_preprocessed_data,
     trainer_builds,
 )
+from nnunet_ext.registration import PLANNER_PREFIX
 
-#: name prefix that makes nnU-Net's planner lookup build the planner for the trainer named after it
-PLANNER_PREFIX = "ExtPlanner_"
 NNUNET_PLANS = "nnUNetPlans"
 
 

@@ -12,6 +12,7 @@ from torch._dynamo import OptimizedModule
 from torch.nn.parallel import DistributedDataParallel
 
 from nnunet_ext.checkpoints import load_training_checkpoint
+from nnunet_ext.registration import MEMORY_ADVICE, load_target
 from nnunet_ext.trainers.schedule import SCHEDULE_VARIABLES, schedule_overrides
 
 
@@ -66,12 +67,10 @@ class nnUNetTrainerExtBase(nnUNetTrainer):
 
     def warn_if_plans_exceed_gpu_memory(self, total_memory_bytes: int) -> None:
         """Log one line naming the ``nnUNetv2_ext_plan`` command when the estimated training peak of the plans in use
-        exceeds ``total_memory_bytes`` (:func:`~nnunet_ext.planning.advice.memory_advice`; costs one estimate, seconds
+        exceeds ``total_memory_bytes`` (:data:`~nnunet_ext.registration.MEMORY_ADVICE`; costs one estimate, seconds
         to a minute of CPU, at the start of GPU training)."""
-        from nnunet_ext.planning.advice import memory_advice
-
         world_size = dist.get_world_size() if self.is_ddp else 1
-        advice = memory_advice(self, total_memory_bytes, world_size)
+        advice = load_target(MEMORY_ADVICE)(self, total_memory_bytes, world_size)
         if advice is not None:
             self.print_to_log_file(advice)
 
