@@ -98,6 +98,7 @@ def trainer_train_step(
     num_classes: int,
     autocast_dtype: torch.dtype | None = None,
     global_iteration: int | None = None,
+    initialise_scheme_state: bool = True,
 ) -> Callable[[], dict]:
     """One real ``trainer.train_step`` on ``data`` (B, C, *S) per call, with random targets.
 
@@ -109,6 +110,8 @@ def trainer_train_step(
         autocast_dtype: run the step under ``torch.autocast`` of the data's device with this dtype, as nnU-Net runs
             it on CUDA (where its own autocast then takes this dtype instead of float16); float16 on a device
             where the trainer has no GradScaler gets one, as nnU-Net creates on CUDA.
+        initialise_scheme_state: initialise a scheme's state from the labeled targets' class counts (False: the
+            caller did, e.g. with real values before tracing the step on fake tensors).
     """
     trainer.network.train()
     targets = deep_supervision_targets(trainer, data.shape[0], num_classes)
@@ -120,9 +123,10 @@ def trainer_train_step(
             raise ValueError(f"{type(trainer).__name__} needs unlabeled samples: batch {data.shape[0]}")
         unlabeled = {"data": data[num_labeled:], "keys": [f"unlabeled{i}" for i in range(data.shape[0] - num_labeled)]}
         trainer.dataloader_unlabeled = itertools.repeat(unlabeled)
-        trainer.initialise_scheme_state(
-            torch.bincount(targets[0][:num_labeled].flatten(), minlength=num_classes).float()
-        )
+        if initialise_scheme_state:
+            trainer.initialise_scheme_state(
+                torch.bincount(targets[0][:num_labeled].flatten(), minlength=num_classes).float()
+            )
     else:
         num_labeled = data.shape[0]
     batch = {

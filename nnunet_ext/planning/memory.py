@@ -27,6 +27,7 @@ from torch.utils._pytree import tree_leaves
 
 from nnunet_ext.benchmark.presets import BenchmarkSetting
 from nnunet_ext.benchmark.trainer_step import initialised_trainer, trainer_train_step
+from nnunet_ext.trainers.semi_supervised import nnUNetTrainerSemiSupervisedBase
 
 #: the autocast dtype of the estimate: the byte size of nnU-Net's float16 (see the module docstring)
 ESTIMATE_AUTOCAST_DTYPE = torch.bfloat16
@@ -128,10 +129,14 @@ def training_peak_bytes(
     setting = benchmark_setting(plans, configuration, dataset_json, batch_size)
     trainer = initialised_trainer(trainer_class, setting, torch.device("cpu"), compile=False)
     networks = [trainer.network, *getattr(trainer, "extra_networks", {}).values()]
+    if isinstance(trainer, nnUNetTrainerSemiSupervisedBase):  # real values: a scheme's state may check them
+        trainer.initialise_scheme_state(torch.arange(1, setting.num_classes + 1, dtype=torch.float32))
     mode = AllocationCountingFakeMode()
     with mock.patch.object(torch.Tensor, "numpy", _fake_numpy), mode:
         data = torch.empty(batch_size, setting.input_channels, *setting.patch_size)
-        step = trainer_train_step(trainer, data, setting.num_classes, autocast_dtype=autocast_dtype)
+        step = trainer_train_step(
+            trainer, data, setting.num_classes, autocast_dtype=autocast_dtype, initialise_scheme_state=False
+        )
         step()
         step()
     return sum(module_bytes(network) for network in networks) + mode.peak

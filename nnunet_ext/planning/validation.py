@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -52,6 +51,15 @@ def _resident_bytes() -> int:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def _peak_resident_bytes() -> int:
+    """This process's peak resident set size: ``VmHWM`` of ``/proc/self/status``, which starts anew at ``exec``
+    (``getrusage``'s ``ru_maxrss`` keeps the parent's peak across ``exec``: a child of a large process would
+    report the parent's)."""
+    with open("/proc/self/status") as status:
+        line = next(line for line in status if line.startswith("VmHWM:"))
+    return int(line.split()[1]) * 1024
+
+
 def measure_step_growth(trainer_name: str, preset: str, batch_size: int) -> int:
     """In this process (fresh, single-threaded): RSS growth over two real float32 train steps of the trainer."""
     import torch
@@ -68,7 +76,7 @@ def measure_step_growth(trainer_name: str, preset: str, batch_size: int) -> int:
     before = _resident_bytes()
     step()
     step()
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
+    return _peak_resident_bytes() - before
 
 
 def estimate_step_bytes(trainer_name: str, preset: str, batch_size: int) -> int:
