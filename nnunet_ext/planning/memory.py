@@ -126,6 +126,22 @@ def training_peak_bytes(
         autocast_dtype: None estimates a float32 step (what a CPU trains; used to validate the estimate against
             measured CPU peaks, :mod:`nnunet_ext.planning.validation`).
     """
+    weights, step_peak = weights_and_step_peak_bytes(
+        trainer_class, plans, configuration, dataset_json, batch_size, autocast_dtype
+    )
+    return weights + step_peak
+
+
+def weights_and_step_peak_bytes(
+    trainer_class: type,
+    plans: dict,
+    configuration: str,
+    dataset_json: dict,
+    batch_size: int,
+    autocast_dtype: torch.dtype | None = ESTIMATE_AUTOCAST_DTYPE,
+) -> tuple[int, int]:
+    """The two parts of :func:`training_peak_bytes`: parameters and buffers of every network, and the peak of the
+    step's tensors."""
     setting = benchmark_setting(plans, configuration, dataset_json, batch_size)
     trainer = initialised_trainer(trainer_class, setting, torch.device("cpu"), compile=False)
     networks = [trainer.network, *getattr(trainer, "extra_networks", {}).values()]
@@ -139,4 +155,4 @@ def training_peak_bytes(
         )
         step()
         step()
-    return sum(module_bytes(network) for network in networks) + mode.peak
+    return sum(module_bytes(network) for network in networks), mode.peak

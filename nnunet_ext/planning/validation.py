@@ -81,20 +81,22 @@ def measure_step_growth(trainer_name: str, preset: str, batch_size: int) -> int:
 
 def estimate_step_bytes(trainer_name: str, preset: str, batch_size: int) -> int:
     """The float32 estimate of the same steps, less the parameters and buffers of every network."""
-    import torch
     from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
 
     from nnunet_ext.benchmark.presets import setting_from_preset
-    from nnunet_ext.benchmark.trainer_step import benchmark_dataset_json, initialised_trainer
-    from nnunet_ext.planning.memory import module_bytes, training_peak_bytes
+    from nnunet_ext.benchmark.trainer_step import benchmark_dataset_json
+    from nnunet_ext.planning.memory import weights_and_step_peak_bytes
 
     setting = setting_from_preset(preset, batch_size)
-    trainer_class = recursive_find_trainer_class_by_name(trainer_name)
-    trainer = initialised_trainer(trainer_class, setting, torch.device("cpu"))
-    weights = sum(module_bytes(n) for n in [trainer.network, *getattr(trainer, "extra_networks", {}).values()])
-    dataset_json = benchmark_dataset_json(setting)
-    peak = training_peak_bytes(trainer_class, setting.plans, setting.configuration, dataset_json, batch_size, None)
-    return peak - weights
+    _, step_peak = weights_and_step_peak_bytes(
+        recursive_find_trainer_class_by_name(trainer_name),
+        setting.plans,
+        setting.configuration,
+        benchmark_dataset_json(setting),
+        batch_size,
+        autocast_dtype=None,
+    )
+    return step_peak
 
 
 def _measured_in_fresh_process(trainer_name: str, preset: str, batch_size: int) -> int:
