@@ -16,6 +16,7 @@ import nnunetv2.training.nnUNetTrainer.nnUNetTrainer as nnunet_trainer_module
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 import nnunet_ext.trainers.semi_supervised as semi_supervised_module
 from nnunet_ext.benchmark.presets import BenchmarkPreset, BenchmarkSetting, plans_for_preset
@@ -69,12 +70,32 @@ class StepResult:
     skipped_steps: int = 0
 
 
-def one_train_step(trainer_class: type, setting: BenchmarkSetting, mode: str, seed: int = 0) -> StepResult:
+def spread_layer_norm_affine(network: nn.Module) -> None:
+    """Give every LayerNorm of ``network`` trained-like affine values: weight ~ N(1, 0.2), bias ~ N(0, 0.2).
+
+    At initialisation (weight 1, bias 0) the channel mean of a LayerNorm output is float rounding, about 1e-8 at every
+    position. GCtx-UNet's skips are such outputs, and MGCC's feature dropout thresholds exactly that channel mean
+    (``mean_c(x) < 0.7..0.9 * max``): its mask is then drawn from rounding, which any other summation order (a compiled
+    kernel) redraws, so a compiled step cannot equal the eager one there. With spread affine values the channel mean
+    carries the features, as after some training, and the comparison is meaningful again.
+    """
+    with torch.no_grad():
+        for module in network.modules():
+            if isinstance(module, nn.LayerNorm) and module.elementwise_affine:
+                module.weight.normal_(1.0, 0.2)
+                module.bias.normal_(0.0, 0.2)
+
+
+def one_train_step(
+    trainer_class: type, setting: BenchmarkSetting, mode: str, seed: int = 0, spread_layer_norms: bool = False
+) -> StepResult:
     """Build ``trainer_class`` (seeded) and run one real ``train_step`` in ``mode`` (already forced with
     :func:`force_cuda_path`): its loss and logged terms, and the gradient norm over every trained network (with a
-    GradScaler, of the first step it does not skip)."""
+    GradScaler, of the first step it does not skip). ``spread_layer_norms``: :func:`spread_layer_norm_affine` first."""
     torch.manual_seed(seed)
     trainer = initialised_trainer(trainer_class, setting, torch.device("cpu"))
+    if spread_layer_norms:
+        spread_layer_norm_affine(trainer.network)
     if mode == "float16":
         trainer.grad_scaler = torch.amp.GradScaler("cpu")
     data = torch.randn(setting.batch_size, setting.input_channels, *setting.patch_size)

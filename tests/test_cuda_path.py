@@ -77,6 +77,9 @@ FAMILIES: dict[str, list[tuple[str, str]]] = {
     "LabeledOnly": [("nnUNetTrainerLabeledOnly_CMUNeXt", "2d"), ("nnUNetTrainerLabeledOnly", "2d")],
 }
 CASES = [case for cases in FAMILIES.values() for case in cases]
+#: trainers whose perturbation thresholds a LayerNorm output's channel mean: stepped with trained-like LayerNorm
+#: values (``spread_layer_norm_affine``), else MGCC's feature dropout mask is float rounding
+LAYER_NORM_THRESHOLDED = {"nnUNetTrainerMGCC_GCTxUNet"}
 
 
 @pytest.fixture(autouse=True)
@@ -112,16 +115,20 @@ def compiled_cases() -> list:
 
 @functools.cache
 def eager_step(case: tuple[str, str]) -> StepResult:
-    trainer, setting = case
-    return one_train_step(recursive_find_trainer_class_by_name(trainer), SETTINGS[setting], "eager")
+    return step_of(case, "eager")
 
 
 def step_in_mode(
     monkeypatch: pytest.MonkeyPatch, case: tuple[str, str], mode: str, backend: str = "inductor"
 ) -> StepResult:
     force_cuda_path(monkeypatch, mode, backend)
+    return step_of(case, mode)
+
+
+def step_of(case: tuple[str, str], mode: str) -> StepResult:
     trainer, setting = case
-    return one_train_step(recursive_find_trainer_class_by_name(trainer), SETTINGS[setting], mode)
+    trainer_class = recursive_find_trainer_class_by_name(trainer)
+    return one_train_step(trainer_class, SETTINGS[setting], mode, spread_layer_norms=trainer in LAYER_NORM_THRESHOLDED)
 
 
 def assert_finite(result: StepResult) -> None:

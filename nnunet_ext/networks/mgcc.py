@@ -79,6 +79,10 @@ def feature_dropout(x: torch.Tensor, low: float = FEATURE_DROPOUT_RANGE[0], high
 
     Deviation: ``u`` comes from torch's generator on ``x``'s device, not NumPy's as in the official code, so that it
     stays a fresh draw per call in a ``torch.compile``-d network (a NumPy draw is a constant of the traced graph).
+
+    On LayerNorm outputs (GCtx-UNet's skips) ``a`` is float rounding (about 1e-8) while the LayerNorm's affine
+    parameters are at their initial values: the mask is then arbitrary, and it follows the features only once
+    those parameters have trained away from weight 1, bias 0.
     """
     attention = x.mean(dim=1, keepdim=True)
     maximum = attention.flatten(1).amax(dim=1).view(-1, *[1] * (x.ndim - 1))
