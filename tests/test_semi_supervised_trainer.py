@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 from functools import partial
+from pathlib import Path
 from typing import ClassVar
 
 import blosc2
@@ -35,6 +36,7 @@ from nnunet_ext.ssl.unlabeled_data import (
     UnlabeledDataset,
     ZeroSegmentation,
     nnUNetUnlabeledDataLoader,
+    pool_sources,
 )
 from nnunet_ext.trainers.cmunext import build_cmunext
 from nnunet_ext.trainers.guidednet import nnUNetTrainerGuidedNet_CMUNeXt
@@ -276,6 +278,36 @@ def test_resume_restores_extra_state_and_continues_the_iteration_count(trainer_d
         resumed[CHECKPOINT_KEY]["global_iteration"] == 12 and resumed[CHECKPOINT_KEY]["attributes"]["steps_seen"] == 12
     )
     assert len(resumed["logging"]["train_loss_cps"]) == 3 and len(resumed["logging"]["train_losses"]) == 3
+
+
+def test_pool_sources_from_environment():
+    assert pool_sources(("split", "real"), {}) == ("split", "real")
+    assert pool_sources(environ={"nnUNet_ext_pool": " synthetic "}) == ("synthetic",)
+    assert pool_sources(environ={"nnUNet_ext_pool": "split, real"}) == ("split", "real")
+    for value in ("synth", "real,real", "real,", ","):
+        with pytest.raises(ValueError, match=f"nnUNet_ext_pool={value!r}: expected distinct comma-separated"):
+            pool_sources(environ={"nnUNet_ext_pool": value})
+
+
+def test_nnunet_ext_pool_restricts_the_pool_a_run_draws_from(trainer_dataset, scheme_environment, monkeypatch):
+    """One split, different pools: only the pool discovery runs (nnU-Net's start and the loaders are skipped)."""
+    _, fold = trainer_dataset
+    monkeypatch.setattr(nnunet_trainer_module.nnUNetTrainer, "on_train_start", lambda self: None)
+    monkeypatch.setattr(nnUNetTrainerRecordingScheme, "get_unlabeled_dataloader", lambda self: None)
+
+    def started(pool: str) -> nnUNetTrainerRecordingScheme:
+        monkeypatch.setenv("nnUNet_ext_pool", pool)
+        trainer = get_trainer_from_args(str(TRAINER_DATASET_ID), "2d", 0, SCHEME, device=torch.device("cpu"))
+        trainer.on_train_start()
+        return trainer
+
+    trainer = started("real")
+    assert set(trainer.unlabeled_pool.image_files) == {"real/ul_0", "real/ul_1"}
+    assert "Unlabeled sources from nnUNet_ext_pool: real" in Path(trainer.log_file).read_text()
+    assert set(started("split").unlabeled_pool.image_files) == {f"split/{case}" for case in fold["unlabeled"]}
+    assert len(started("split,real").unlabeled_pool.image_files) == len(fold["unlabeled"]) + 2
+    with pytest.raises(EmptyPoolError, match=r"sources synthetic;(.|\n)*draws only from synthetic"):
+        started("synthetic")
 
 
 # -------------------------------------------------------------------------------------------------- errors

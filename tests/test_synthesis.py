@@ -364,6 +364,21 @@ def test_paper_preset_is_medfusion_on_monai_blocks():
     assert len(scheduler.timesteps) == 150 and scheduler.timesteps[0] == 999 and scheduler.timesteps[-1] == 0
 
 
+@pytest.mark.parametrize("name", sorted(set(PRESETS) - {"paper"}))  # paper: built above, too large to run here
+def test_every_small_preset_builds_networks_whose_latents_fit_the_unet(name):
+    preset = PRESETS[name]
+    preset.validate()
+    latent = preset.resolution // preset.autoencoder.downsampling
+    autoencoder = build_autoencoder(preset.autoencoder, channels=1)
+    unet = build_diffusion_unet(preset.diffusion, preset.autoencoder.latent_channels, num_classes=0)
+    with torch.no_grad():
+        z_mu, _ = autoencoder.encode(torch.zeros(1, 1, preset.resolution, preset.resolution))
+        noise = unet(z_mu, timesteps=torch.tensor([5]))
+        image = autoencoder.decode(z_mu)
+    assert z_mu.shape == noise.shape == (1, preset.autoencoder.latent_channels, latent, latent)
+    assert image.shape == (1, 1, preset.resolution, preset.resolution)
+
+
 def test_ddim_noise_of_a_sample_depends_on_its_own_generator_only():
     settings = PRESETS["tiny"].diffusion
     output, sample = torch.randn(3, 8, 4, 4), torch.randn(3, 8, 4, 4)

@@ -30,6 +30,30 @@ from nnunet_ext.ssl.splits import SSLFold
 
 SOURCES = (SPLIT_POOL, *POOL_RAW_FOLDERS)
 
+#: environment variable restricting the sources a semi-supervised run draws its pool from (comma-separated)
+POOL_VARIABLE = "nnUNet_ext_pool"
+
+
+def pool_sources(default: Iterable[str] = SOURCES, environ: Mapping[str, str] = os.environ) -> tuple[str, ...]:
+    """The pool sources of a run: ``nnUNet_ext_pool`` (e.g. ``synthetic`` or ``split,real``) if set, else ``default``.
+
+    Lets one labeled split be compared with different pools (the real label-less slices, an LDM's synthetic images,
+    both) without touching the split or the preprocessed pools.
+
+    Raises:
+        ValueError: an unknown or repeated source, or an empty list (the message names the variable and the choices).
+    """
+    value = environ.get(POOL_VARIABLE, "").strip()
+    if not value:
+        return tuple(default)
+    sources = tuple(part.strip() for part in value.split(","))
+    if not set(sources) <= set(SOURCES) or len(set(sources)) != len(sources):
+        raise ValueError(
+            f"environment variable {POOL_VARIABLE}={value!r}: expected distinct comma-separated sources out of "
+            f"{', '.join(SOURCES)}"
+        )
+    return sources
+
 
 class EmptyPoolError(RuntimeError):
     """A semi-supervised run found no unlabeled case."""
@@ -214,6 +238,8 @@ def _empty_pool_message(
         "  - nnUNetv2_ext_ssl_split -d ID --labeled-fraction F (keeps the labels of a fraction of each fold's "
         "training cases, the others become unlabeled).",
     ]
+    if set(sources) != set(SOURCES):
+        lines.append(f"This run draws only from {', '.join(sources)} (the trainer's sources or {POOL_VARIABLE}).")
     if ssl_fold is not None and not ssl_fold.unlabeled:
         lines.append("splits_ssl.json keeps every training case of this fold labeled.")
     if elsewhere:

@@ -37,11 +37,13 @@ from torch.nn.parallel import DistributedDataParallel
 
 from nnunet_ext.ssl.preprocessing import plans_fingerprint
 from nnunet_ext.ssl.unlabeled_data import (
+    POOL_VARIABLE,
     SOURCES,
     UnlabeledDataset,
     UnlabeledPool,
     discover_unlabeled_pool,
     nnUNetUnlabeledDataLoader,
+    pool_sources,
 )
 from nnunet_ext.trainers.base import nnUNetTrainerExtBase, unwrap_module
 from nnunet_ext.trainers.labeled_subset import LabeledSubsetSplit
@@ -135,7 +137,7 @@ class nnUNetTrainerSemiSupervisedBase(LabeledSubsetSplit, nnUNetTrainerExtBase, 
     requires_ssl_split = False
     #: share of nnU-Net's batch drawn from the labeled stream (the published schemes: half)
     labeled_batch_fraction: float = 0.5
-    #: unlabeled sources drawn from when present: "split", "real", "synthetic"
+    #: unlabeled sources drawn from when present: "split", "real", "synthetic" (``nnUNet_ext_pool`` overrides them)
     unlabeled_sources: tuple[str, ...] = SOURCES
     #: the supervised trainer whose architecture the scheme trains (None: the scheme's own network); the benchmark
     #: compares the scheme's train step with this trainer's at the same total batch
@@ -172,6 +174,10 @@ class nnUNetTrainerSemiSupervisedBase(LabeledSubsetSplit, nnUNetTrainerExtBase, 
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.global_iteration = 0
         self.rampup_mode = rampup_mode()
+        sources = pool_sources(self.unlabeled_sources)
+        if sources != tuple(self.unlabeled_sources):
+            self.unlabeled_sources = sources
+            self.print_to_log_file(f"Unlabeled sources from {POOL_VARIABLE}: {', '.join(sources)}")
         if self.rampup_is_relative:
             self.print_to_log_file(
                 f"Ramp-ups relative to the run ({RAMPUP_VARIABLE}=relative): full weight after {self.rampup_end} of "
