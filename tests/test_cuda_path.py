@@ -222,7 +222,23 @@ def trainers_with_distinct_networks() -> list[str]:
     return list(by_builder.values())
 
 
-@pytest.mark.parametrize("trainer_name", trainers_with_distinct_networks())
+def deep_supervision_cases() -> list:
+    """Every distinct network; MGCC's and GuidedNet's on GCGLE-Net, GCtx-UNet and GCT-UNet under ``compile`` (dynamo
+    traces each for up to a minute on 2 cores): the architecture's switch is covered by its own trainer, the scheme's
+    wrapping by the scheme on CMUNeXt and on the plans' U-Net."""
+    return [
+        pytest.param(
+            name,
+            marks=pytest.mark.compile
+            if name.startswith(("nnUNetTrainerMGCC_", "nnUNetTrainerGuidedNet_"))
+            and name.endswith(("_GCGLE", "_GCTxUNet", "_GCTUNet"))
+            else (),
+        )
+        for name in trainers_with_distinct_networks()
+    ]
+
+
+@pytest.mark.parametrize("trainer_name", deep_supervision_cases())
 def test_deep_supervision_switches_off_on_the_compiled_network(monkeypatch, trainer_name):
     """nnU-Net compiles, trains with deep supervision, then switches it off for validation and prediction: the
     compiled network of every trainer follows the switch (dynamo guards the decoder's flag and recompiles)."""
